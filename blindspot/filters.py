@@ -1,0 +1,127 @@
+"""Keep only good generated images: each filter says keep/reject per image and is counted in the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Candidates:
+    """A batch of generated images and what the filters may look at."""
+
+    images: torch.Tensor  # float [n, 3, h, w] in [0, 1]; may hold NaN
+    labels: torch.Tensor  # target class [n]
+    prompts: list[str]
+    image_emb: torch.Tensor | None = None  # CLIP image embeddings [n, d] (normalised)
+    prompt_emb: torch.Tensor | None = None  # CLIP text embeddings of the prompts [n, d]
+    class_emb: torch.Tensor | None = None  # CLIP zero-shot class prototypes [k, d]
+    probs: torch.Tensor | None = None  # current classifier's class probabilities [n, k]
+
+
+class DegenerateFilter:
+    """Rejects NaN/inf, blank (near-constant) and saturated images."""
+
+    name, needs = "degenerate", frozenset()
+
+    def __init__(self, min_std: float = 0.02, max_saturated: float = 0.95, enabled: bool = True):
+        self.min_std, self.max_saturated, self.enabled = min_std, max_saturated, enabled
+
+    def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
+        x = c.images
+        finite = torch.isfinite(x).flatten(1).all(1)
+        clean = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+        std = clean.flatten(1).std(1)
+        saturated = ((clean <= 0.0) | (clean >= 1.0)).flatten(1).float().mean(1)
+        keep = finite & (std >= self.min_std) & (saturated <= self.max_saturated)
+        return keep, {"pixel_std": std}
+
+
+class ClipAlignmentFilter:
+    """Rejects images CLIP does not see as the prompt: low image-prompt similarity, or another class."""
+
+    name, needs = "clip_alignment", frozenset({"clip"})
+
+    def __init__(self, min_similarity: float | None = None, require_class_match: bool = True, enabled: bool = True):
+        self.min_similarity, self.require_class_match, self.enabled = min_similarity, require_class_match, enabled
+
+    def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
+        sim = (c.image_emb * c.prompt_emb).sum(-1)
+        keep = torch.ones(len(sim), dtype=torch.bool)
+        if self.min_similarity is not None:
+            keep &= sim >= self.min_similarity
+        scores = {"clip_similarity": sim}
+        if self.require_class_match:
+            zero_shot = (c.image_emb @ c.class_emb.T).argmax(-1)
+            keep &= zero_shot == c.labels
+            scores["clip_class"] = zero_shot
+        return keep, scores
+
+
+class ClassifierConfidenceFilter:
+    """Drops images the current classifier already gets right with high confidence (nothing to learn), and
+    optionally those it finds very unlike the target class (T2I counterfactual pruning)."""
+
+    name, needs = "classifier", frozenset({"classifier"})
+
+    def __init__(self, max_confidence: float = 0.95, min_confidence: float = 0.0, enabled: bool = True):
+        if not 0.0 <= min_confidence <= max_confidence <= 1.0:
+            raise ValueError("classifier filter needs 0 <= min_confidence <= max_confidence <= 1")
+        self.max_confidence, self.min_confidence, self.enabled = max_confidence, min_confidence, enabled
+
+    def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
+        p = c.probs.gather(1, c.labels.view(-1, 1)).flatten()
+        keep = (p <= self.max_confidence) & (p >= self.min_confidence)
+        return keep, {"target_prob": p}
+
+
+class NearDuplicateFilter:
+    """Rejects images nearly identical (CLIP cosine) to a kept image of this batch or of the existing pool."""
+
+    name, needs = "near_duplicate", frozenset({"clip"})
+
+    def __init__(self, max_similarity: float = 0.98, enabled: bool = True):
+        self.max_similarity, self.enabled = max_similarity, enabled
+
+    def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
+        emb = F.normalize(c.image_emb, dim=-1)
+        keep = torch.ones(len(emb), dtype=torch.bool)
+        nearest = torch.full((len(emb),), -1.0)
+        if pool_emb is not None and len(pool_emb):
+            nearest = (emb @ F.normalize(pool_emb, dim=-1).T).max(1).values
+            keep &= nearest < self.max_similarity
+        sims = emb @ emb.T
+        for i in range(len(emb)):  # greedy: an image survives if no earlier kept image is its near twin
+            if keep[i]:
+                earlier = sims[i, :i][keep[:i]]
+                if len(earlier) and earlier.max() >= self.max_similarity:
+                    keep[i] = False
+                nearest[i] = max(nearest[i].item(), sims[i, :i].max().item() if i else -1.0)
+        return keep, {"nearest_similarity": nearest}
+
+
+def apply_filters(filters: list, candidates: Candidates, pool_emb: torch.Tensor | None = None):
+    """Run filters in order on the survivors; returns (keep mask, first rejecting filter per image, scores)."""
+    n = len(candidates.labels)
+    keep = torch.ones(n, dtype=torch.bool)
+    rejected_by: list[str | None] = [None] * n
+    scores: dict[str, list] = {}
+    for f in filters:
+        alive = keep.nonzero().flatten()
+        if not len(alive):
+            break
+        sub = Candidates(**{k: (v[alive] if isinstance(v, torch.Tensor) and k != "class_emb" else v)
+                            for k, v in vars(candidates).items()})
+        sub.prompts = [candidates.prompts[i] for i in alive.tolist()]
+        ok, s = f(sub, pool_emb)
+        for name, values in s.items():
+            full = scores.setdefault(name, [None] * n)
+            for j, i in enumerate(alive.tolist()):
+                full[i] = float(values[j])
+        for j, i in enumerate(alive.tolist()):
+            if not ok[j]:
+                keep[i] = False
+                rejected_by[i] = f.name
+    return keep, rejected_by, scores

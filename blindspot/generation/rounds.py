@@ -1,0 +1,219 @@
+"""One generation round: plan (modes -> prompts + seeds), shard across ranks, generate, filter, record.
+
+The plan is written to disk before any image is made, and every image is a pure function of its
+(prompt, seed): a round killed half-way resumes from the same plan, skips what the manifest already
+holds, reuses images written but not yet recorded, and ends with exactly the pool an uninterrupted
+run makes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from ..filters import Candidates, apply_filters
+from ..images import UnreadableImageError, load_image, save_png, to_uint8
+from ..modes import FailureMode
+from .backends import Text2ImageBackend
+from .manifest import append_records, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+class GenerationFailedError(RuntimeError):
+    """Too many prompts failed to generate in a round."""
+
+
+@dataclass
+class PlanItem:
+    """One image to make: which mode it serves, its prompt and seed, where it goes."""
+
+    id: str
+    mode_id: str
+    label: int
+    class_name: str
+    prompt: str
+    seed: int
+    path: str
+
+
+def split_budget(scores: Sequence[float], budget: int, min_per_mode: int = 1) -> list[int]:
+    """Split an image budget over modes in proportion to their (positive) scores, largest remainders first."""
+    if budget < 1:
+        raise ValueError(f"generation budget is {budget}: set augment.generation.images_per_round >= 1")
+    n = len(scores)
+    if n == 0:
+        return []
+    base = min(min_per_mode, budget // n)
+    weights = torch.tensor([max(float(s), 1e-6) for s in scores])
+    share = weights / weights.sum() * (budget - base * n)
+    counts = [base + int(math.floor(s)) for s in share.tolist()]
+    for i in torch.argsort(share - share.floor(), descending=True).tolist()[: budget - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def plan_round(modes: Sequence[FailureMode], budget: int, round_index: int, seed: int, image_dir: str,
+               prompts_per_mode: int = 2, prompt_template: str = "{caption}", untargeted: bool = False,
+               untargeted_template: str = "a photo of a {cls}") -> list[PlanItem]:
+    """Prompts and seeds for one round (untargeted: class-name prompts with the same per-mode budget)."""
+    counts = split_budget([m.score for m in modes], budget)
+    items = []
+    for mode, count in zip(modes, counts):
+        if untargeted:
+            prompts = [untargeted_template.format(cls=mode.class_name)]
+        else:
+            captions = [c for c, _ in mode.captions[:prompts_per_mode]] or [mode.class_name]
+            prompts = [prompt_template.format(caption=c, cls=mode.class_name) for c in captions]
+        for k in range(count):
+            item_seed = (seed * 1_000_003 + round_index * 10_007 + len(items)) % (2**31 - 1)
+            item_id = f"r{round_index}-{mode.mode_id}-{k:04d}"
+            items.append(PlanItem(item_id, mode.mode_id, mode.class_index, mode.class_name,
+                                  prompts[k % len(prompts)], item_seed, str(Path(image_dir) / f"{item_id}.png")))
+    return items
+
+
+def save_plan(path: str | os.PathLike, items: Sequence[PlanItem], modes: Sequence[FailureMode]) -> None:
+    """Write the round's modes and plan atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"modes": [m.to_dict() for m in modes], "items": [asdict(i) for i in items]}))
+    os.replace(tmp, path)
+
+
+def load_plan(path: str | os.PathLike) -> tuple[list[PlanItem], list[FailureMode]] | None:
+    """A saved plan (items, modes), or None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return [PlanItem(**i) for i in data["items"]], [FailureMode.from_dict(m) for m in data["modes"]]
+
+
+def remove_strays(image_dir: str | os.PathLike, planned: set[str]) -> int:
+    """Delete temporary files and images that no plan item names (left by a kill); returns how many."""
+    removed = 0
+    for p in Path(image_dir).glob("*"):
+        if p.is_file() and (p.name.startswith(".") or str(p) not in planned):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+Judge = Callable[[torch.Tensor, list[str], torch.Tensor], Candidates]
+
+
+@dataclass
+class RoundStats:
+    """What one rank did in a round (summed over ranks by the caller)."""
+
+    generated: int = 0
+    reused: int = 0
+    skipped_done: int = 0
+    kept: int = 0
+    rejected_by: dict[str, int] = field(default_factory=dict)
+    failed_prompts: list[str] = field(default_factory=list)
+    seconds_generate: float = 0.0
+    seconds_filter: float = 0.0
+
+
+class RoundRunner:
+    """Generates, filters and records one rank's share of a round plan."""
+
+    def __init__(self, backend: Text2ImageBackend, filters: list, judge: Judge, batch_size: int = 64,
+                 max_failure_fraction: float = 0.1, progress: bool = True):
+        self.backend, self.filters, self.judge = backend, filters, judge
+        self.batch_size, self.max_failure_fraction, self.progress = batch_size, max_failure_fraction, progress
+
+    def _make(self, items: list[PlanItem], stats: RoundStats) -> tuple[list[PlanItem], torch.Tensor]:
+        """Images for items: reuse files already written (orphans), generate the rest; isolate failures."""
+        ready, images, todo = [], [], []
+        for it in items:
+            if Path(it.path).is_file():
+                try:
+                    images.append(load_image(it.path).float() / 255.0)
+                    ready.append(it)
+                    stats.reused += 1
+                    continue
+                except UnreadableImageError:
+                    Path(it.path).unlink(missing_ok=True)
+            todo.append(it)
+        if todo:
+            t0 = time.perf_counter()
+            made, ok_items = self._generate(todo, stats)
+            stats.seconds_generate += time.perf_counter() - t0
+            for it, img in zip(ok_items, made):
+                save_png(to_uint8(img), it.path)  # written before the manifest line: a kill leaves an orphan
+            ready += ok_items
+            images += list(made)
+            stats.generated += len(ok_items)
+        return ready, torch.stack(images) if images else torch.zeros(0)
+
+    def _generate(self, items: list[PlanItem], stats: RoundStats) -> tuple[torch.Tensor, list[PlanItem]]:
+        try:
+            out = self.backend.generate([i.prompt for i in items], [i.seed for i in items])
+            return out.images, items
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as err:  # one bad prompt must not cost the round: retry one by one
+            if len(items) == 1:
+                log.warning("generation failed for %s (%r): %s", items[0].id, items[0].prompt, err)
+                stats.failed_prompts.append(items[0].prompt)
+                return torch.zeros(0), []
+            good_images, good_items = [], []
+            for it in items:
+                imgs, ok = self._generate([it], stats)
+                if ok:
+                    good_images.append(imgs[0])
+                    good_items += ok
+            return (torch.stack(good_images) if good_images else torch.zeros(0)), good_items
+
+    def run(self, items: list[PlanItem], round_index: int, manifest_file: str | os.PathLike,
+            manifest_dir: str | os.PathLike, pool_emb: torch.Tensor | None = None, rank: int = 0) -> RoundStats:
+        """Process this rank's items; skip those already recorded; append a record per image."""
+        stats = RoundStats()
+        done = {r["id"] for r in read_manifest(manifest_dir)}
+        todo = [i for i in items if i.id not in done]
+        stats.skipped_done = len(items) - len(todo)
+        bar = tqdm(total=len(items), initial=stats.skipped_done, desc=f"round {round_index} generate+filter",
+                   disable=not self.progress, leave=False)
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start : start + self.batch_size]
+            ready, images = self._make(batch, stats)
+            if ready:
+                t0 = time.perf_counter()
+                cands = self.judge(images, [i.prompt for i in ready], torch.tensor([i.label for i in ready]))
+                keep, rejected_by, scores = apply_filters(self.filters, cands, pool_emb)
+                stats.seconds_filter += time.perf_counter() - t0
+                if cands.image_emb is not None:
+                    kept_emb = cands.image_emb[keep]
+                    pool_emb = kept_emb if pool_emb is None else torch.cat([pool_emb, kept_emb])
+                records = []
+                for j, it in enumerate(ready):
+                    records.append({**asdict(it), "round": round_index, "rank": rank, "kept": bool(keep[j]),
+                                    "rejected_by": rejected_by[j],
+                                    "scores": {k: v[j] for k, v in scores.items() if v[j] is not None}})
+                    if keep[j]:
+                        stats.kept += 1
+                    else:
+                        stats.rejected_by[rejected_by[j]] = stats.rejected_by.get(rejected_by[j], 0) + 1
+                append_records(manifest_file, records)
+            bar.update(len(batch))
+            failed = len(stats.failed_prompts)
+            if failed and failed > self.max_failure_fraction * len(items):
+                raise GenerationFailedError(
+                    f"{failed} of {len(items)} images failed to generate in round {round_index} (more than "
+                    f"augment.generation.max_failure_fraction={self.max_failure_fraction}); first failing prompt: "
+                    f"{stats.failed_prompts[0]!r}. Check the generator config and the log above.")
+        bar.close()
+        return stats

@@ -1,0 +1,51 @@
+"""FailureMode: a coherent slice of validation errors, the contract between discovery, captioning,
+generation and reporting. JSON-serialisable so reports, W&B tables and checkpoints carry it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class FailureMode:
+    """One discovered blind spot of one class."""
+
+    class_index: int
+    class_name: str
+    members: list[int]  # validation-set indices in the slice
+    error_rate: float  # error rate inside the slice
+    class_error_rate: float  # error rate over the whole class
+    score: float  # ranking score (higher = more worth fixing)
+    method: str = ""  # which discovery produced it ("directions", "clusters", ...)
+    mode_id: str = ""  # stable id, e.g. "r0-star-0" (round, class, rank)
+    direction: list[float] | None = None  # unit failure direction in CLIP space (directions method)
+    captions: list[tuple[str, float]] = field(default_factory=list)  # ranked (caption, score)
+    round: int = 0  # discovery round that found it
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts (e.g. SVM C, CV accuracy)
+
+    @property
+    def support(self) -> int:
+        """Number of validation samples in the slice."""
+        return len(self.members)
+
+    @property
+    def caption(self) -> str:
+        """The top-ranked caption (or the bare class name before captioning)."""
+        return self.captions[0][0] if self.captions else self.class_name
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (support and caption included for readers)."""
+        d = asdict(self)
+        d["captions"] = [[c, float(s)] for c, s in self.captions]
+        d["support"] = self.support
+        d["caption"] = self.caption
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FailureMode":
+        """Inverse of `to_dict`."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["captions"] = [(c, float(s)) for c, s in known.get("captions", [])]
+        known["members"] = [int(i) for i in known.get("members", [])]
+        return cls(**known)

@@ -1,0 +1,151 @@
+"""The datamodule contract every Blindspot datamodule keeps: splits, names, and a synthetic-sample pool."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from .datasets import FileImageDataset
+
+log = logging.getLogger(__name__)
+
+
+class BlindspotDataModule(LightningDataModule):
+    """Train/val/test splits plus a pool of injected samples that the train loader concatenates.
+
+    Subclasses set `train_set`, `val_set`, `test_set` in `setup` and define `class_names` and `group_names`.
+    `add_samples` appends to the pool; the pool (and any per-sample weights) travel in `state_dict`, so a
+    resumed run trains on exactly what was injected.
+    """
+
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, image_size: int = 32,
+                 synthetic_repeat: int = 1, synthetic_weight: float = 1.0, hflip: bool = True,
+                 pin_memory: bool = False, shuffle_seed: int = 0):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size}: must be >= 1")
+        self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
+        self.synthetic_repeat, self.synthetic_weight = synthetic_repeat, synthetic_weight
+        self.hflip, self.pin_memory, self.shuffle_seed = hflip, pin_memory, shuffle_seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.synthetic: list[dict] = []  # records: path, label, and provenance (mode, prompt, seed, round, ...)
+        self._weight_overrides: dict[int, float] = {}
+
+    # names ---------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def group_names(self) -> list[str]:
+        """Names of ground-truth groups (empty when the data has none)."""
+        return []
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # the synthetic pool --------------------------------------------------------------------------
+    def add_samples(self, records: Sequence[dict]) -> int:
+        """Append samples ({'path', 'label', ...provenance}) to the pool; returns how many were new."""
+        known = {r["path"] for r in self.synthetic}
+        added = 0
+        for r in records:
+            if "path" not in r or "label" not in r:
+                raise ValueError(f"add_samples needs 'path' and 'label' in every record, got keys {sorted(r)}")
+            if not 0 <= int(r["label"]) < self.num_classes:
+                raise ValueError(f"label {r['label']} out of range for {self.num_classes} classes")
+            if r["path"] not in known:
+                self.synthetic.append(dict(r))
+                known.add(r["path"])
+                added += 1
+        if added:
+            log.info("synthetic pool: +%d samples (now %d); the train loader uses them from the next epoch",
+                     added, len(self.synthetic))
+        return added
+
+    def set_sample_weights(self, weights: dict[int, float]) -> None:
+        """Per-sample loss weights of real train samples by index (e.g. JTT's upweighted errors)."""
+        self._weight_overrides = {int(k): float(v) for k, v in weights.items()}
+        self._apply_weights()
+
+    def _apply_weights(self) -> None:
+        if self.train_set is not None and hasattr(self.train_set, "weights"):
+            self.train_set.weights.fill_(1.0)
+            for i, w in self._weight_overrides.items():
+                self.train_set.weights[i] = w
+
+    def synthetic_dataset(self) -> Dataset | None:
+        """The pool as a dataset (indices after the real train set), or None when empty."""
+        if not self.synthetic:
+            return None
+        ds = FileImageDataset([r["path"] for r in self.synthetic], [int(r["label"]) for r in self.synthetic],
+                              image_size=self.image_size, hflip=self.hflip, index_offset=len(self.train_set))
+        ds.weights.fill_(self.synthetic_weight)
+        return ds
+
+    # loaders -------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=False, drop_last=False,
+                          generator=generator)
+
+    @property
+    def epoch(self) -> int:
+        """The trainer's current epoch (0 outside a fit)."""
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        """Real + injected samples; order and flips depend only on (shuffle_seed, epoch): resumes are exact."""
+        parts = [self.train_set]
+        synthetic = self.synthetic_dataset()
+        if synthetic is not None:
+            parts += [synthetic] * self.synthetic_repeat
+        for part in parts:
+            part.flip_seed = self.shuffle_seed * 100_003 + self.epoch
+        generator = torch.Generator().manual_seed(self.shuffle_seed * 100_003 + self.epoch)
+        return self._loader(ConcatDataset(parts) if len(parts) > 1 else parts[0], shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def val_fingerprint(self) -> str:
+        """Identifies the validation images (for embedding caches)."""
+        import hashlib
+
+        ds = self.val_set
+        key = "|".join(getattr(ds, "paths", [])) or f"{type(ds).__name__}:{len(ds)}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def val_images(self, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """uint8 validation images (all, or the given indices) without augmentation."""
+        ds = self.val_set
+        idx = list(range(len(ds))) if indices is None else list(indices)
+        if hasattr(ds, "images") and isinstance(ds.images, torch.Tensor):
+            return ds.images[idx]
+        return ds.images(idx)
+
+    # checkpointed state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"synthetic": [dict(r) for r in self.synthetic], "weights": dict(self._weight_overrides)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.synthetic = [dict(r) for r in state.get("synthetic", [])]
+        missing = [r["path"] for r in self.synthetic if not Path(r["path"]).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} injected samples from the checkpoint are missing on disk (e.g. {missing[0]}); "
+                "resume in the original run directory (`resume=<run dir>`) or restore its generated/ folder")
+        self._weight_overrides = {int(k): float(v) for k, v in state.get("weights", {}).items()}
+        self._apply_weights()

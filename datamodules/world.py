@@ -1,0 +1,80 @@
+"""The built-in world as a datamodule: rendered shapes on textured backgrounds with planted shortcuts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from blindspot.world.dataset import Planted, SplitSizes, WorldSplit, build_split, group_names, validate_planted
+from blindspot.world.spec import WorldSpec
+
+from .base import BlindspotDataModule
+from .datasets import TensorImageDataset
+
+log = logging.getLogger(__name__)
+
+
+class WorldDataModule(BlindspotDataModule):
+    """Train on a world with planted correlations; validate and test on splits balanced over groups."""
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        backgrounds: Sequence[str],
+        colors: Sequence[str],
+        sizes: Sequence[str],
+        planted: Sequence[dict],
+        image_size: int = 32,
+        train_per_class: int = 1000,
+        val_per_group: int = 20,
+        test_per_group: int = 50,
+        pool_per_class: int = 500,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        **loader_kwargs,
+    ):
+        super().__init__(image_size=image_size, **loader_kwargs)
+        self.spec = WorldSpec(tuple(classes), tuple(backgrounds), tuple(colors), tuple(sizes), image_size)
+        self.planted = [Planted(**dict(p)) for p in planted]
+        validate_planted(self.spec, self.planted)
+        self.sizes = SplitSizes(train_per_class, val_per_group, test_per_group, pool_per_class)
+        self.seed, self.cache_dir = seed, cache_dir
+        self.splits: dict[str, WorldSplit] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.spec.classes)
+
+    @property
+    def group_names(self) -> list[str]:
+        return group_names(self.spec, self.planted)
+
+    def split(self, name: str) -> WorldSplit:
+        """A rendered split ('train', 'val', 'test' or the unlabelled 'pool'), built once."""
+        if name not in self.splits:
+            self.splits[name] = build_split(self.spec, self.planted, name, self.sizes, self.seed, self.cache_dir)
+        return self.splits[name]
+
+    def prepare_data(self) -> None:
+        for name in ("train", "val", "test"):
+            build_split(self.spec, self.planted, name, self.sizes, self.seed, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            train, val, test = (self.split(s) for s in ("train", "val", "test"))
+            self.train_set = TensorImageDataset(train.images, train.labels, train.groups, hflip=self.hflip)
+            self.val_set = TensorImageDataset(val.images, val.labels, val.groups)
+            self.test_set = TensorImageDataset(test.images, test.labels, test.groups)
+            self._apply_weights()
+            log.info("world: %d train / %d val / %d test images, %d groups", len(train), len(val), len(test),
+                     len(self.group_names))
+
+    def val_fingerprint(self) -> str:
+        return self.split("val").fingerprint
+
+    def planted_slices(self) -> list[dict]:
+        """Ground truth for discovery scores: each planted shortcut's rare group(s) (evaluation only)."""
+        out = []
+        for p in self.planted:
+            out.append({"class": p.cls, "attribute": p.attribute, "majority": p.value, "rate": p.rate})
+        return out

@@ -1,0 +1,47 @@
+"""timm backbones by name, with clear answers for unknown names and for weights that are not on this machine."""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+import torch
+
+
+class BackboneWeightsError(FileNotFoundError):
+    """Pretrained weights were asked for but are not available offline."""
+
+
+def create_backbone(name: str, num_classes: int, pretrained: bool = False, pretrained_path: str | None = None,
+                    kwargs: dict | None = None) -> torch.nn.Module:
+    """`timm.create_model` with a helpful error for unknown names and missing weights."""
+    import timm
+
+    kwargs = dict(kwargs or {})
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        raise ValueError(f"unknown timm model {name!r} (model.backbone); did you mean {close}? "
+                         "`timm.list_models('*resnet*')` lists the names")
+    if pretrained_path is not None:
+        if not os.path.isfile(pretrained_path):
+            raise BackboneWeightsError(f"model.pretrained_path={pretrained_path!r} does not exist: point it at a "
+                                       f"local .safetensors/.pth file of {name!r} weights")
+        return timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                 pretrained_cfg_overlay={"file": pretrained_path}, **kwargs)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # only the local cache: there is no network here
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+    except Exception as err:  # timm/hub raise several kinds for "not cached"
+        raise BackboneWeightsError(
+            f"pretrained weights for timm model {name!r} are not on this machine and no model hub is reachable. "
+            f"Download them elsewhere (`timm.create_model('{name}', pretrained=True)` fills "
+            "~/.cache/huggingface) and copy the cache here, or set model.pretrained_path=/path/to/weights, "
+            f"or train from scratch with model.pretrained=false. ({type(err).__name__}: {err})") from err
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous

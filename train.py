@@ -1,0 +1,71 @@
+"""Blindspot's entry point: compose the config, train, test, return the metric a sweep optimises.
+
+    python train.py                                   # ERM on the built-in world
+    python train.py +augment=failure_diffusion        # find blind spots, generate, inject, keep training
+    python train.py -m +augment=none,jtt,failure_diffusion seed=0,1,2
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from blindspot.runtime import register_resolvers, rewrite_argv_for_ddp_child
+
+log = logging.getLogger("train")
+rewrite_argv_for_ddp_child()  # DDP ranks > 0 must run rank 0's job in rank 0's folder
+register_resolvers()
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    """Instantiate every entry of a config group that has a `_target_` (callbacks, loggers)."""
+    return [hydra.utils.instantiate(c) for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train and test one configuration; returns cfg.optimized_metric (None if it was never logged)."""
+    import lightning as L
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from blindspot.runtime import export_job
+
+    if HydraConfig.initialized():
+        export_job(cfg.paths.output_dir, list(HydraConfig.get().overrides.task))
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes,
+                                    class_names=datamodule.class_names, group_names=datamodule.group_names)
+    callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    ckpt_path = cfg.ckpt_path
+    if cfg.resume and not ckpt_path:
+        ckpt_path = f"{cfg.resume}/checkpoints/last.ckpt"
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    value = trainer.callback_metrics.get(cfg.optimized_metric)  # read before test() resets the metrics
+    if cfg.test:
+        trainer.test(model, datamodule=datamodule, ckpt_path=None if cfg.train else ckpt_path)
+    value = trainer.callback_metrics.get(cfg.optimized_metric, value)
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    if value is None:
+        log.warning("optimized_metric %r was never logged; known: %s", cfg.optimized_metric,
+                    sorted(trainer.callback_metrics))
+        return None
+    log.info("%s = %.4f", cfg.optimized_metric, float(value))
+    return float(value)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point."""
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
