@@ -87,7 +87,7 @@ class DiffusersText2Image:
             raise WeightsNotFoundError(f"{local} has no model_index.json: it is not a diffusers pipeline folder "
                                        f"(set {self.config_key} to a folder saved with `save_pretrained`)")
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(self.model, torch_dtype=self.dtype,
+            pipe = AutoPipelineForText2Image.from_pretrained(self.model, dtype=self.dtype,
                                                              local_files_only=True)
         except (OSError, ValueError, EnvironmentError) as err:
             raise WeightsNotFoundError(

@@ -101,7 +101,8 @@ def train(cfg: DictConfig) -> dict:
         ema.load_state_dict(state["ema"])
         step, history = state["step"], state["history"]
         log.info("resuming diffusion training at step %d", step)
-    watch, last_save = Stopwatch(state["seconds"] if state else 0.0), time.monotonic()
+    watch = Stopwatch(state["seconds"], state.get("cpu_seconds", 0.0)) if state else Stopwatch()
+    last_save = time.monotonic()
     alphas = scheduler.alphas_cumprod
     n_params = sum(p.numel() for p in unet.parameters())
     log.info("UNet: %.2fM parameters; scaling_factor %.3f", n_params / 1e6, cfg.scaling_factor)
@@ -113,7 +114,8 @@ def train(cfg: DictConfig) -> dict:
 
     def save():
         atomic_torch_save({"unet": unet.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                           "step": step, "history": history, "seconds": watch.seconds}, work / "state.pt")
+                           "step": step, "history": history, "seconds": watch.seconds, "cpu_seconds": watch.cpu_seconds},
+                          work / "state.pt")
 
     bar = tqdm(total=cfg.steps, initial=step, desc="world diffusion", dynamic_ncols=True)
     running = None
@@ -157,7 +159,8 @@ def train(cfg: DictConfig) -> dict:
     pipe.text_encoder.to(torch.float16)  # the largest part is the 49k-token embedding table: ship it in fp16
     pipe.save_pretrained(out, safe_serialization=True)
     write_provenance(out, steps=cfg.steps, batch_size=cfg.batch_size, unet_parameters=n_params,
-                     wall_minutes=round(watch.seconds / 60, 2), history=history,
+                     wall_minutes=round(watch.seconds / 60, 2), cpu_minutes=round(watch.cpu_seconds / 60, 2),
+                     history=history,
                      config=OmegaConf.to_container(cfg, resolve=True))
     log.info("exported %s after %.1f min", out, watch.seconds / 60)
     return history[-1] if history else {}

@@ -56,12 +56,17 @@ def write_provenance(out_dir: Path, **facts) -> None:
 
 
 class Stopwatch:
-    """Wall time that survives resumes: seconds from earlier runs plus this one."""
+    """Wall and CPU time that survive resumes: seconds from earlier runs plus this one."""
 
-    def __init__(self, previous: float = 0.0):
-        self.previous = previous
-        self.start = time.monotonic()
+    def __init__(self, previous: float = 0.0, previous_cpu: float = 0.0):
+        self.previous, self.previous_cpu = previous, previous_cpu
+        self.start, self.start_cpu = time.monotonic(), time.process_time()
 
     @property
     def seconds(self) -> float:
         return self.previous + time.monotonic() - self.start
+
+    @property
+    def cpu_seconds(self) -> float:
+        """Process CPU time (all threads): wall time x threads on an otherwise idle machine."""
+        return self.previous_cpu + time.process_time() - self.start_cpu

@@ -1,0 +1,118 @@
+"""Quality gates of the shipped world models (CLIP zero-shot/retrieval; generation judged by an oracle).
+
+    python -m benchmarks.world_models            # full: writes benchmarks/results/world_models.{json,md,png}
+    python -m benchmarks.world_models --quick    # smoke test (small numbers, separate *_quick files)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from blindspot.clip import load_clip
+from blindspot.generation.backends import DiffusersText2Image
+from blindspot.thumbnails import save_grid
+from blindspot.world.evaluate import clip_quality
+from blindspot.world.oracle import load_or_train_oracle, oracle_accuracy
+from blindspot.world.spec import WorldSpec, caption
+from blindspot.world.training import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+FLOORS = {"clip_class_acc": 0.95, "clip_background_acc": 0.95, "clip_color_acc": 0.90, "clip_retrieval_r1": 0.60,
+          "gen_class_agreement_min_pair": 0.85, "gen_background_agreement_min_pair": 0.90}
+
+
+def generation_quality(backend: DiffusersText2Image, oracle, spec: WorldSpec, per_pair: int, seed: int = 0) -> dict:
+    """Oracle agreement with the prompt's class and background for every (class, background) pair."""
+    per = {}
+    for ci, c in enumerate(spec.classes):
+        prompts = [caption(c, b) for b in spec.backgrounds for _ in range(per_pair)]
+        seeds = [seed * 1_000_000 + ci * 10_000 + i for i in range(len(prompts))]
+        images = backend.generate(prompts, seeds).images
+        pred = oracle.predict((images.clamp(0, 1) * 255).round().to(torch.uint8))
+        for bi, b in enumerate(spec.backgrounds):
+            sl = slice(bi * per_pair, (bi + 1) * per_pair)
+            per[f"{c}|{b}"] = {"class": float((pred["class"][sl] == ci).float().mean()),
+                               "background": float((pred["background"][sl] == bi).float().mean())}
+    worst_class = min(per, key=lambda k: per[k]["class"])
+    worst_bg = min(per, key=lambda k: per[k]["background"])
+    return {"per_pair": per, "gen_class_agreement_min_pair": per[worst_class]["class"], "gen_class_min_pair": worst_class,
+            "gen_background_agreement_min_pair": per[worst_bg]["background"], "gen_background_min_pair": worst_bg,
+            "gen_class_agreement_mean": sum(v["class"] for v in per.values()) / len(per),
+            "gen_background_agreement_mean": sum(v["background"] for v in per.values()) / len(per)}
+
+
+def diversity(backend: DiffusersText2Image, prompt: str, n: int = 64) -> dict:
+    """Smallest pixel distance between any two of n samples of one prompt (RMS on [0, 1]), and the time taken."""
+    start = time.perf_counter()
+    images = backend.generate([prompt] * n, list(range(n))).images.clamp(0, 1)
+    seconds = time.perf_counter() - start
+    flat = images.flatten(1)
+    dist = torch.cdist(flat, flat) / flat.shape[1] ** 0.5 + torch.eye(n) * 1e9
+    return {"gen_seconds_64_cpu": seconds, "diversity_min_rms_distance": float(dist.min()), "diversity_prompt": prompt}
+
+
+def sample_grid(backend: DiffusersText2Image, spec: WorldSpec, path: Path, per_cell: int = 2) -> None:
+    """One row per class, one column per background (per_cell samples each)."""
+    prompts = [caption(c, b) for c in spec.classes for b in spec.backgrounds for _ in range(per_cell)]
+    images = backend.generate(prompts, list(range(len(prompts)))).images
+    save_grid((images.clamp(0, 1) * 255).round().to(torch.uint8), path, ncol=len(spec.backgrounds) * per_cell, scale=3)
+
+
+def training_minutes(folder: Path) -> float | None:
+    """Wall minutes recorded by a world-model training script."""
+    f = folder / "training.json"
+    return json.loads(f.read_text()).get("wall_minutes") if f.is_file() else None
+
+
+def main() -> None:
+    """Run every gate and write JSON, markdown and the sample grid."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small smoke run (CI)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--weights", default=str(ROOT / "weights"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    spec = WorldSpec()
+    weights = Path(args.weights)
+    suffix = "_quick" if args.quick else ""
+    clip = load_clip(pretrained=str(weights / "world_clip" / "open_clip_model.safetensors"), device=args.device)
+    result = {"machine": machine(), "quick": args.quick}
+    result.update(clip_quality(clip, spec, n=300 if args.quick else 3000))
+    oracle = load_or_train_oracle(ROOT / ".cache" / "oracle", spec, steps=1500)
+    result["oracle_clean_accuracy"] = oracle_accuracy(oracle, spec, n=500 if args.quick else 3000)
+    backend = DiffusersText2Image(str(weights / "world_diffusion"), device=args.device, height=spec.image_size,
+                                  width=spec.image_size, progress=False)
+    result.update(generation_quality(backend, oracle, spec, per_pair=2 if args.quick else 16))
+    result.update(diversity(backend, caption("star", "grass"), n=8 if args.quick else 64))
+    if args.quick:
+        result["gen_seconds_64_cpu"] = None  # only the full run times 64 images
+    result["train_minutes_clip"] = training_minutes(weights / "world_clip")
+    result["train_minutes_diffusion"] = training_minutes(weights / "world_diffusion")
+    result["floors"] = FLOORS
+    result["passed"] = {k: result[k] is not None and result[k] >= v for k, v in FLOORS.items()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"world_models{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not args.quick:
+        sample_grid(backend, spec, RESULTS / "world_models_grid.png")
+    rows = ["| measure | value | floor |", "|---|---|---|"]
+    for k in list(FLOORS) + ["gen_seconds_64_cpu", "diversity_min_rms_distance", "train_minutes_clip",
+                             "train_minutes_diffusion"]:
+        v = result.get(k)
+        shown = "–" if v is None else (f"{v:.1%}" if k in FLOORS else f"{v:.2f}")
+        rows.append(f"| {k} | {shown} | {FLOORS.get(k, '–') if k not in FLOORS else f'{FLOORS[k]:.0%}'} |")
+    rows.append(f"\nworst class pair: {result['gen_class_min_pair']}; worst background pair: "
+                f"{result['gen_background_min_pair']}; machine: {result['machine']['processor']}, "
+                f"{result['machine']['torch_threads']} threads")
+    (RESULTS / f"world_models{suffix}.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Shared pieces of the discovery methods: input checks, per-class padded batches, slice scores and ranking.
+
+Slice score: the binomial z-score (e_slice - e_class) / sqrt(e_class (1 - e_class) / n_slice), i.e. how many
+standard errors the slice's error rate lies above the class's - it rewards both a large gap and a large support.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from blindspot.modes import FailureMode
+
+log = logging.getLogger(__name__)
+
+
+def check_inputs(
+    embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, class_names: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the discovery inputs; return float32 L2-normalised embeddings and long labels/preds on its device."""
+    if not torch.is_tensor(embeddings) or embeddings.dim() != 2 or not embeddings.is_floating_point():
+        raise ValueError("embeddings must be a float tensor [n, d] (CLIP image embeddings of the validation set)")
+    n = embeddings.shape[0]
+    labels = torch.as_tensor(labels).to(embeddings.device).long()
+    preds = torch.as_tensor(preds).to(embeddings.device).long()
+    if labels.shape != (n,) or preds.shape != (n,):
+        raise ValueError(f"labels and preds must be [n]={n} tensors, got {tuple(labels.shape)}, {tuple(preds.shape)}")
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= len(class_names)):
+        raise ValueError(f"labels must lie in [0, {len(class_names)}) (one class name per class index)")
+    x = embeddings.float()
+    norms = x.norm(dim=1)
+    if n and float((norms - 1).abs().max()) > 1e-3:
+        log.info("discovery: embeddings are not L2-normalised; normalising them")
+        x = x / norms.clamp(min=1e-12).unsqueeze(1)
+    return x, labels, preds
+
+
+@dataclass
+class ClassBatch:
+    """Samples of K classes padded into [K, n_max] index/validity grids (padding points at sample 0)."""
+
+    classes: torch.Tensor  # [K] class indices
+    index: torch.Tensor  # [K, n_max] validation indices
+    valid: torch.Tensor  # [K, n_max] bool
+    sizes: torch.Tensor  # [K]
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of x laid out as [K, n_max, ...]."""
+        return x[self.index.flatten()].reshape(*self.index.shape, *x.shape[1:])
+
+
+def class_batches(labels: torch.Tensor, classes: torch.Tensor, max_elements: int) -> list[ClassBatch]:
+    """Group the samples of `classes` into padded batches of similar-size classes, each <= max_elements cells."""
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=int(classes.max()) + 1 if len(classes) else 1)
+    starts = torch.cumsum(counts, 0) - counts
+    classes = classes[torch.argsort(counts[classes], descending=True, stable=True)]
+    batches, i = [], 0
+    sizes = counts[classes].tolist()
+    while i < len(classes):
+        n_max = max(sizes[i], 1)
+        k = max(1, min(len(classes) - i, max_elements // n_max))
+        cls = classes[i : i + k]
+        pos = torch.arange(n_max, device=labels.device)
+        sz = counts[cls]
+        valid = pos.unsqueeze(0) < sz.unsqueeze(1)
+        flat = (starts[cls].unsqueeze(1) + pos.unsqueeze(0)).clamp(max=len(order) - 1)
+        index = torch.where(valid, order[flat], torch.zeros_like(flat))
+        batches.append(ClassBatch(cls, index, valid, sz))
+        i += k
+    return batches
+
+
+def binomial_z(
+    slice_error_rate: torch.Tensor, slice_size: torch.Tensor, class_error_rate: torch.Tensor
+) -> torch.Tensor:
+    """How many binomial standard errors the slice's error rate lies above its class's."""
+    var = (class_error_rate * (1 - class_error_rate)).clamp(min=1e-6) / slice_size.clamp(min=1)
+    return (slice_error_rate - class_error_rate) / var.sqrt()
+
+
+def best_prefix(
+    ranked_errors: torch.Tensor,
+    sizes: torch.Tensor,
+    class_error_rate: torch.Tensor,
+    min_support: int,
+    min_error_gap: float,
+    max_size: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best slice = top-k of each ranked row maximising the score with k >= min_support and gap >= min_error_gap.
+
+    ranked_errors: [K, n] 0/1 error flags in ranking order (padding after `sizes`). Returns (k, score) per row,
+    k = 0 and score = -inf where no prefix qualifies.
+    """
+    K, n = ranked_errors.shape
+    k = torch.arange(1, n + 1, device=ranked_errors.device, dtype=torch.float32).expand(K, n)
+    rate = ranked_errors.float().cumsum(1) / k
+    ce = class_error_rate.float().unsqueeze(1)
+    limit = sizes if max_size is None else torch.minimum(sizes, max_size)
+    ok = (k >= min_support) & (k <= limit.unsqueeze(1)) & (rate - ce >= min_error_gap - 1e-6)
+    score = torch.where(ok, binomial_z(rate, k, ce), torch.full_like(rate, -float("inf")))
+    best, arg = score.max(1)
+    return torch.where(torch.isfinite(best), arg + 1, torch.zeros_like(arg)), best
+
+
+def rank_modes(modes: list[FailureMode], max_modes_per_class: int | None, max_modes: int | None) -> list[FailureMode]:
+    """Sort by score (descending), keep the per-class and overall caps, set mode_id = f"{class_name}-{rank}"."""
+    modes = sorted(modes, key=lambda m: -m.score)
+    kept, per_class = [], {}
+    for mode in modes:
+        rank = per_class.get(mode.class_index, 0)
+        if max_modes_per_class is not None and rank >= max_modes_per_class:
+            continue
+        per_class[mode.class_index] = rank + 1
+        mode.mode_id = f"{mode.class_name}-{rank}"
+        kept.append(mode)
+        if max_modes is not None and len(kept) >= max_modes:
+            break
+    return kept
+
+
+def check_common_knobs(min_support: int, min_error_gap: float, min_errors: int, max_modes: int | None) -> None:
+    """Raise ValueError naming the knob when a shared discovery setting is out of range."""
+    if not isinstance(min_support, int) or min_support < 1:
+        raise ValueError(f"min_support must be an int >= 1 (minimum slice size), got {min_support!r}")
+    if not 0.0 <= min_error_gap < 1.0:
+        raise ValueError(f"min_error_gap must be in [0, 1) (slice minus class error rate), got {min_error_gap!r}")
+    if not isinstance(min_errors, int) or min_errors < 1:
+        raise ValueError(f"min_errors must be an int >= 1 (errors a class needs to be searched), got {min_errors!r}")
+    if max_modes is not None and (not isinstance(max_modes, int) or max_modes < 1):
+        raise ValueError(f"max_modes must be None or an int >= 1, got {max_modes!r}")
+
+
+def summarize(modes: list[FailureMode], limit: int = 10) -> str:
+    """One indented line per mode (the first `limit`), for the log."""
+    lines = [f"\n  {m.class_name}: {m.support} samples, error rate {m.error_rate:.2f} "
+             f"(class {m.class_error_rate:.2f}), score {m.score:.1f}" for m in modes[:limit]]
+    return "".join(lines) + (f"\n  ... and {len(modes) - limit} more" if len(modes) > limit else "")
+
+
+def name_list(names: list[str], limit: int = 10) -> str:
+    """Comma-separated names, shortened after `limit`."""
+    return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit})" if len(names) > limit else "")

@@ -1,0 +1,34 @@
+"""Test-only callbacks and small utilities shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lightning import Callback
+
+TINY_WORLD = [
+    "data.train_per_class=60", "data.val_per_group=2", "data.test_per_group=2", "data.batch_size=32",
+    "trainer.max_epochs=1", "logger=csv",
+]
+
+
+class RecordSeenSamples(Callback):
+    """Writes, per rank, the train indices it trained on and its validation predictions (JSON)."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = Path(output_dir)
+        self.train, self.val = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.train += batch["index"].tolist()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.val += list(zip(batch["index"].tolist(), outputs["preds"].tolist(), batch["label"].tolist()))
+
+    def on_fit_end(self, trainer, pl_module):
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        rank = trainer.global_rank
+        (self.output_dir / f"seen_rank{rank}.json").write_text(json.dumps(
+            {"train": self.train, "val": self.val, "pid": os.getpid(), "world_size": trainer.world_size}))

@@ -1,0 +1,115 @@
+"""Captioning ranks the vocabulary by alignment with the failure; filters keep only good generated images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blindspot.captioning import Captioner, Vocabulary, load_vocabulary, world_vocabulary
+from blindspot.filters import (Candidates, ClassifierConfidenceFilter, ClipAlignmentFilter, DegenerateFilter,
+                               NearDuplicateFilter, apply_filters)
+from blindspot.modes import FailureMode
+
+DIM = 64
+_words: dict[str, torch.Tensor] = {}
+
+
+def bag_of_words(texts):
+    """A transparent text encoder for tests: the normalised sum of fixed random word vectors."""
+    out = []
+    for t in texts:
+        vecs = []
+        for w in t.lower().split():
+            if w not in _words:
+                _words[w] = torch.randn(DIM, generator=torch.Generator().manual_seed(len(_words) + 1))
+            vecs.append(_words[w])
+        out.append(F.normalize(torch.stack(vecs).sum(0), dim=-1))
+    return torch.stack(out)
+
+
+def test_caption_matching_the_failure_direction_ranks_first():
+    vocab = world_vocabulary(["grass", "water", "sand"], ["red", "yellow"], ["small", "large"])
+    direction = bag_of_words(["water"])[0]
+    mode = FailureMode(3, "star", [0, 1], 0.9, 0.1, 1.0, mode_id="m", direction=direction.tolist())
+    Captioner(vocab, top_k=3)([mode], bag_of_words)
+    assert mode.caption == "a photo of a star on water" and len(mode.captions) == 3
+    assert mode.captions[0][1] > mode.captions[1][1]
+
+
+def test_without_a_direction_the_slice_mean_minus_class_mean_is_used():
+    vocab = world_vocabulary(["grass", "water"], ["red", "yellow"], ["small", "large"])
+    emb = F.normalize(torch.randn(20, DIM), dim=-1)
+    labels = torch.zeros(20, dtype=torch.long)
+    emb[:5] = F.normalize(emb[:5] + 3 * bag_of_words(["yellow"])[0], dim=-1)
+    mode = FailureMode(0, "star", [0, 1, 2, 3, 4], 0.9, 0.2, 1.0, mode_id="m")
+    Captioner(vocab)([mode], bag_of_words, emb, labels)
+    assert mode.caption == "a photo of a yellow star"
+
+
+def test_a_proposer_adds_candidates():
+    vocab = Vocabulary({"background": ["on grass"]})
+    mode = FailureMode(0, "cow", [0], 1.0, 0.1, 1.0, direction=bag_of_words(["beach"])[0].tolist())
+    Captioner(vocab, top_k=2, proposer=lambda cls, m: [f"a {cls} on a beach"])([mode], bag_of_words)
+    assert mode.caption == "a cow on a beach"
+
+
+def test_vocabulary_files_and_their_errors(tmp_path):
+    (tmp_path / "v.yaml").write_text("attributes:\n  place: [on a beach, in a forest]\n")
+    (tmp_path / "v.txt").write_text("# contexts\non a beach\nin snow\n")
+    assert load_vocabulary(tmp_path / "v.yaml").attributes == {"place": ["on a beach", "in a forest"]}
+    assert load_vocabulary(tmp_path / "v.txt").attributes == {"context": ["on a beach", "in snow"]}
+    with pytest.raises(FileNotFoundError, match="vocabulary_file"):
+        load_vocabulary(tmp_path / "missing.yaml")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        load_vocabulary(tmp_path / "empty.txt")
+
+
+def candidates(n=4):
+    images = torch.rand(n, 3, 8, 8)
+    emb = F.normalize(torch.randn(n, DIM), dim=-1)
+    return Candidates(images=images, labels=torch.zeros(n, dtype=torch.long), prompts=["p"] * n, image_emb=emb,
+                      prompt_emb=emb.clone(), class_emb=torch.stack([emb[0], -emb[0]]),
+                      probs=torch.tensor([[0.99, 0.01], [0.5, 0.5], [0.2, 0.8], [0.9, 0.1]])[:n])
+
+
+def test_degenerate_filter_catches_nan_and_blank_images():
+    c = candidates()
+    c.images[0] = float("nan")
+    c.images[1] = 0.5
+    keep, scores = DegenerateFilter()(c)
+    assert keep.tolist() == [False, False, True, True]
+
+
+def test_classifier_filter_drops_confidently_right_images():
+    keep, scores = ClassifierConfidenceFilter(max_confidence=0.95)(candidates())
+    assert keep.tolist() == [False, True, True, True]
+    with pytest.raises(ValueError):
+        ClassifierConfidenceFilter(max_confidence=0.2, min_confidence=0.5)
+
+
+def test_clip_filter_requires_the_target_class():
+    c = candidates()
+    keep, scores = ClipAlignmentFilter(require_class_match=True)(c)
+    assert keep[0] and scores["clip_class"].tolist() == (c.image_emb @ c.class_emb.T).argmax(-1).tolist()
+    keep, _ = ClipAlignmentFilter(require_class_match=False, min_similarity=1.5)(c)
+    assert not keep.any()
+
+
+def test_near_duplicates_are_dropped_within_batch_and_against_the_pool():
+    c = candidates()
+    c.image_emb[2] = c.image_emb[1]
+    keep, _ = NearDuplicateFilter(max_similarity=0.98)(c)
+    assert keep.tolist() == [True, True, False, True]
+    keep, _ = NearDuplicateFilter(max_similarity=0.98)(c, pool_emb=c.image_emb[3:4])
+    assert keep.tolist() == [True, True, False, False]
+
+
+def test_apply_filters_reports_the_first_rejecting_filter():
+    c = candidates()
+    c.images[1] = float("nan")
+    keep, rejected_by, scores = apply_filters([DegenerateFilter(), ClassifierConfidenceFilter(0.95)], c)
+    assert keep.tolist() == [False, False, True, True]
+    assert rejected_by == ["classifier", "degenerate", None, None]
+    assert scores["target_prob"][1] is None and scores["target_prob"][0] == pytest.approx(0.99)

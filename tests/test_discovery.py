@@ -1,0 +1,241 @@
+"""Failure discovery on small synthetic embeddings with planted blind spots; the batched SVM against scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from sklearn.svm import LinearSVC
+
+from blindspot.discovery import DISCOVERY_METHODS, ErrorClusters, FailureDirections, discover, linear_svm
+from blindspot.discovery.scoring import best_prefix, binomial_z, class_batches
+from blindspot.modes import FailureMode
+
+torch.set_num_threads(1)
+NAMES = ["cow", "bird", "truck"]
+
+
+def planted(n_per_class: int = 400, dim: int = 32, cluster: bool = False, seed: int = 0):
+    """Class 0: errors concentrated where unit vector u has a high projection (a tail, or a shifted cluster);
+    class 1: a few random errors only; class 2: no errors. Returns x, labels, preds, u, in_slice."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.nn.functional.normalize(torch.randn(3, dim, generator=g), dim=1)
+    u = torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0)
+    labels = torch.arange(3).repeat_interleave(n_per_class)
+    t = torch.randn(len(labels), generator=g)
+    if cluster:
+        in_slice = (torch.rand(len(labels), generator=g) < 0.15) & (labels == 0)
+        t = t + 4.0 * in_slice
+    else:
+        in_slice = (t > 1.0) & (labels == 0)
+    noise = 0.25 * torch.randn(len(labels), dim, generator=g) / math.sqrt(dim)
+    x = torch.nn.functional.normalize(0.5 + means[labels] + noise + 0.12 * t.unsqueeze(1) * u, dim=1)
+    r = torch.rand(len(labels), generator=g)
+    wrong = torch.where(in_slice, r < 0.9, (r < 0.03) & (labels != 2))
+    preds = torch.where(wrong, (labels + 1) % 3, labels)
+    return x, labels, preds, u, in_slice
+
+
+def precision_recall(mode: FailureMode, in_slice: torch.Tensor) -> tuple[float, float]:
+    """Fraction of the mode's members in the planted slice, and of the planted slice among its members."""
+    hit = in_slice[torch.tensor(mode.members)]
+    return float(hit.float().mean()), float(hit.sum()) / float(in_slice.sum())
+
+
+def test_directions_recover_planted_direction():
+    x, labels, preds, u, in_slice = planted()
+    modes = FailureDirections()(x, labels, preds, NAMES)
+    top = modes[0]
+    assert top.class_index == 0 and top.class_name == "cow" and top.mode_id == "cow-0" and top.method == "directions"
+    assert [m.score for m in modes] == sorted((m.score for m in modes), reverse=True)
+    d = torch.tensor(top.direction)
+    assert abs(float(d.norm()) - 1) < 1e-4
+    assert float(d @ u) > 0.9  # points towards the errors
+    precision, recall = precision_recall(top, in_slice)
+    assert precision > 0.65 and recall > 0.55
+    assert top.error_rate >= top.class_error_rate + 0.2 and top.support >= 8
+    assert top.extra["C"] in (0.001, 0.01, 0.1, 1.0) and 0.5 < top.extra["cv_balanced_accuracy"] <= 1.0
+    assert len(modes) == 1  # neither the class with only random errors nor the error-free class has a mode
+
+
+def test_directions_decision_function_ranks_slice_high():
+    x, labels, preds, u, in_slice = planted()
+    fd = FailureDirections().fit(x, labels, preds, NAMES)
+    scores = fd.decision_function(x, labels)
+    assert torch.isnan(scores[labels == 2]).all()  # no direction for the error-free class
+    cls0 = labels == 0
+    assert float(scores[in_slice].mean()) > float(scores[cls0 & ~in_slice].mean())
+
+
+def test_clusters_recover_planted_cluster():
+    x, labels, preds, u, in_slice = planted(cluster=True)
+    modes = ErrorClusters(n_clusters=4)(x, labels, preds, NAMES)
+    top = modes[0]
+    assert top.class_index == 0 and top.method == "clusters" and top.mode_id == "cow-0"
+    precision, recall = precision_recall(top, in_slice)
+    assert precision > 0.85 and recall > 0.8
+    assert float(torch.tensor(top.direction) @ u) > 0.9  # centroid offset points at the planted cluster
+    assert all(m.class_index != 2 for m in modes)
+
+
+def test_directions_also_find_planted_cluster():
+    x, labels, preds, u, in_slice = planted(cluster=True)
+    top = FailureDirections()(x, labels, preds, NAMES)[0]
+    precision, recall = precision_recall(top, in_slice)
+    assert top.class_index == 0 and precision > 0.85 and recall > 0.8
+
+
+@pytest.mark.parametrize("method", sorted(DISCOVERY_METHODS))
+def test_no_errors_no_modes(method):
+    x, labels, _, _, _ = planted(n_per_class=60)
+    assert discover(method, x, labels, labels.clone(), NAMES) == []
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0, 10.0])
+def test_linear_svm_matches_sklearn_linearsvc(C):
+    g = torch.Generator().manual_seed(1)
+    sizes, d = [120, 90, 150], 20
+    X = torch.zeros(3, max(sizes), d)
+    y = torch.zeros(3, max(sizes), dtype=torch.bool)
+    valid = torch.zeros(3, max(sizes), dtype=torch.bool)
+    for k, n in enumerate(sizes):
+        xs = torch.nn.functional.normalize(torch.randn(n, d, generator=g) + 1.0, dim=1)
+        w = torch.randn(d, generator=g)
+        X[k, :n], y[k, :n], valid[k, :n] = xs, xs @ w + 0.3 * torch.randn(n, generator=g) > 0.2 * w.sum() / d, True
+    X[~valid] = 7.0  # padding content must not matter
+    res = linear_svm(X, y, C, mask=valid, tol=1e-4)
+    assert bool(res.converged.all())
+    for k, n in enumerate(sizes):
+        sk = LinearSVC(C=C, class_weight="balanced", loss="squared_hinge", tol=1e-6, max_iter=100_000)
+        sk.fit(X[k, :n].numpy(), y[k, :n].numpy())
+        ref = torch.cat([torch.tensor(sk.coef_[0]), torch.tensor(sk.intercept_)]).float()
+        ours = torch.cat([res.coef[k, 0], res.intercept[k, :1]])
+        assert float(torch.nn.functional.cosine_similarity(ref, ours, dim=0)) >= 0.99
+        dec = torch.tensor(sk.decision_function(X[k, :n].numpy())).float()
+        assert torch.allclose(res.decision[k, 0, :n], dec, atol=0.05 * float(dec.abs().max()))
+
+
+def test_linear_svm_unbalanced_no_intercept_and_warm_start():
+    g = torch.Generator().manual_seed(2)
+    X = torch.nn.functional.normalize(torch.randn(200, 16, generator=g) + 0.5, dim=1)
+    y = X[:, 0] > 0.3
+    res = linear_svm(X, y, [0.1, 1.0], class_weight=None, fit_intercept=False, tol=1e-4)
+    assert res.coef.shape == (1, 2, 16) and float(res.intercept.abs().max()) == 0.0
+    for j, C in enumerate([0.1, 1.0]):
+        sk = LinearSVC(C=C, fit_intercept=False, tol=1e-6, max_iter=100_000).fit(X.numpy(), y.numpy())
+        cos = torch.nn.functional.cosine_similarity(torch.tensor(sk.coef_[0]).float(), res.coef[0, j], dim=0)
+        assert float(cos) >= 0.99
+    again = linear_svm(X, y, [0.1, 1.0], class_weight=None, fit_intercept=False, tol=1e-4, init=res)
+    assert again.n_iter <= 1 and torch.allclose(again.coef, res.coef, atol=1e-3)
+
+
+def test_linear_svm_rejects_bad_input():
+    X, y = torch.randn(2, 10, 4), torch.zeros(2, 10, dtype=torch.bool)
+    with pytest.raises(ValueError, match="C must be > 0|every C"):
+        linear_svm(X, y, 0.0)
+    with pytest.raises(ValueError, match=r"X must be \[K, n, d\]"):
+        linear_svm(X, y[:, :5])
+    with pytest.raises(ValueError, match="class_weight"):
+        linear_svm(X, y, class_weight="auto")
+
+
+@pytest.mark.parametrize(
+    "cls, knobs, match",
+    [
+        (FailureDirections, {"Cs": []}, "Cs must be"),
+        (FailureDirections, {"Cs": [0.1, -1.0]}, "Cs must be"),
+        (FailureDirections, {"cv_folds": 1}, "cv_folds"),
+        (FailureDirections, {"cv_folds": 0}, "cv_folds=0 cannot choose"),
+        (FailureDirections, {"cv_folds": 0, "Cs": [0.1]}, "cross_fitted_slices"),
+        (FailureDirections, {"min_support": 0}, "min_support"),
+        (FailureDirections, {"min_error_gap": 1.5}, "min_error_gap"),
+        (FailureDirections, {"max_modes": 0}, "max_modes"),
+        (FailureDirections, {"tol": 0.0}, "tol"),
+        (ErrorClusters, {"n_clusters": 1}, "n_clusters"),
+        (ErrorClusters, {"error_weight": -1.0}, "error_weight"),
+        (ErrorClusters, {"n_init": 0}, "n_init"),
+        (ErrorClusters, {"max_modes_per_class": 0}, "max_modes_per_class"),
+        (ErrorClusters, {"min_errors": 0}, "min_errors"),
+    ],
+)
+def test_knobs_are_validated(cls, knobs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**knobs)
+
+
+def test_unknown_method_lists_known_ones():
+    with pytest.raises(ValueError, match="clusters, directions"):
+        discover("kmeans", torch.zeros(1, 2), torch.zeros(1), torch.zeros(1), ["a"])
+
+
+def test_inputs_are_validated():
+    x, labels, preds, _, _ = planted(n_per_class=20)
+    with pytest.raises(ValueError, match="labels and preds"):
+        FailureDirections()(x, labels, preds[:-1], NAMES)
+    with pytest.raises(ValueError, match="labels must lie"):
+        FailureDirections()(x, labels, preds, NAMES[:2])
+    with pytest.raises(ValueError, match="embeddings must be"):
+        ErrorClusters()(x[0], labels, preds, NAMES)
+
+
+def test_unnormalised_embeddings_give_same_modes():
+    x, labels, preds, _, _ = planted()
+    a = FailureDirections()(x, labels, preds, NAMES)
+    b = FailureDirections()(3.0 * x, labels, preds, NAMES)
+    assert [m.members for m in a] == [m.members for m in b]
+
+
+def test_caps_and_ranking():
+    x, labels, preds, _, _ = planted(cluster=True)
+    loose = dict(n_clusters=6, min_error_gap=0.0, min_support=3)
+    modes = ErrorClusters(**loose, max_modes_per_class=None)(x, labels, preds, NAMES)
+    assert len(modes) >= 2 and len({m.class_index for m in modes}) < len(modes)  # some class has several
+    capped = ErrorClusters(**loose, max_modes=1)(x, labels, preds, NAMES)
+    assert len(capped) == 1 and capped[0].members == modes[0].members
+    per_class = ErrorClusters(**loose, max_modes_per_class=1)(x, labels, preds, NAMES)
+    assert len({m.class_index for m in per_class}) == len(per_class)
+    assert all(m.mode_id.endswith("-0") for m in per_class)
+
+
+def test_failure_mode_round_trips_through_json():
+    x, labels, preds, _, _ = planted()
+    mode = FailureDirections()(x, labels, preds, NAMES)[0]
+    mode.captions = [("a cow on a beach", 0.31)]
+    back = FailureMode.from_dict(json.loads(json.dumps(mode.to_dict())))
+    assert back == mode and back.support == mode.support and back.caption == "a cow on a beach"
+
+
+def test_best_prefix_and_score():
+    ranked = torch.tensor([[1, 1, 1, 1, 0, 0, 1, 0, 0, 0], [0, 1, 0, 1, 0, 0, 1, 0, 0, 0]])
+    k, score = best_prefix(ranked, torch.tensor([10, 10]), torch.tensor([0.5, 0.3]), min_support=2, min_error_gap=0.2)
+    assert k.tolist()[0] == 4  # the all-error head maximises the z-score
+    expected = binomial_z(torch.tensor(1.0), torch.tensor(4.0), torch.tensor(0.5))
+    assert math.isclose(float(score[0]), float(expected), rel_tol=1e-5)
+    expected = binomial_z(torch.tensor(0.5), torch.tensor(4.0), torch.tensor(0.3))
+    assert k.tolist()[1] == 4 and math.isclose(float(score[1]), float(expected), rel_tol=1e-5)
+    k, score = best_prefix(ranked, torch.tensor([10, 10]), torch.tensor([0.5, 0.3]), min_support=2, min_error_gap=0.6)
+    assert k.tolist() == [0, 0] and torch.isinf(score).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_directions_on_cuda_match_cpu():
+    x, labels, preds, _, _ = planted()
+    cpu = FailureDirections()(x, labels, preds, NAMES)
+    gpu = FailureDirections()(x.cuda(), labels.cuda(), preds.cuda(), NAMES)
+    assert [m.class_index for m in gpu] == [m.class_index for m in cpu]
+    cos = torch.tensor(gpu[0].direction) @ torch.tensor(cpu[0].direction)
+    assert float(cos) > 0.99
+
+
+def test_class_batches_cover_every_sample_once():
+    labels = torch.tensor([2, 0, 2, 1, 2, 0, 2, 3, 3, 2])
+    batches = class_batches(labels, torch.tensor([0, 2, 3]), max_elements=6)
+    assert len(batches) == 2  # class 2 (5 samples) alone, then classes 0 and 3 (2 each) padded to 2
+    seen = torch.cat([b.index[b.valid] for b in batches])
+    assert sorted(seen.tolist()) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    for b in batches:
+        assert b.index.numel() <= 6
+        for row, c in enumerate(b.classes.tolist()):
+            assert (labels[b.index[row][b.valid[row]]] == c).all() and int(b.valid[row].sum()) == int(b.sizes[row])

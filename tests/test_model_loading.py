@@ -1,0 +1,97 @@
+"""Real-model code paths with tiny randomly initialised components (no download), and missing-weight errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from blindspot.clip import WeightsNotFoundError, load_clip
+from blindspot.generation.backends import DiffusersText2Image
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_pipeline(tmp_path_factory):
+    """A Stable-Diffusion-architecture pipeline (UNet, AutoencoderKL, CLIP text model) with random weights."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from blindspot.world.text_encoder import clip_tokenizer
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny_sd")
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(16, 16), latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=16, projection_dim=32,
+                                        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(16, root / "vocab"),
+                                   unet=unet, scheduler=DPMSolverMultistepScheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "pipe")
+    return root / "pipe"
+
+
+def test_autopipeline_backend_generates_seeded_images(tiny_sd_pipeline):
+    backend = DiffusersText2Image(str(tiny_sd_pipeline), num_inference_steps=2, height=16, width=16, batch_size=2)
+    out = backend.generate(["a red star", "a cat", "a dog"], [1, 2, 3])
+    assert out.images.shape == (3, 3, 16, 16)
+    assert type(backend.pipe).__name__ == "StableDiffusionPipeline"
+    alone = backend.generate(["a cat"], [2]).images[0]
+    assert torch.allclose(alone, out.images[1], atol=1e-5)  # an image depends on (prompt, seed) only
+    assert not torch.allclose(out.images[0], backend.generate(["a red star"], [9]).images[0])
+
+
+def test_generation_halves_the_batch_on_out_of_memory(tiny_sd_pipeline, monkeypatch):
+    backend = DiffusersText2Image(str(tiny_sd_pipeline), num_inference_steps=1, height=16, width=16, batch_size=4)
+    real, sizes = backend._call, []
+
+    def flaky(prompts, seeds):
+        sizes.append(len(prompts))
+        if len(prompts) > 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(prompts, seeds)
+
+    monkeypatch.setattr(backend, "_call", flaky)
+    out = backend.generate(["a"] * 3, [1, 2, 3])
+    assert out.images.shape[0] == 3 and backend.batch_size == 1 and sizes[:3] == [3, 2, 1]
+
+
+def test_missing_generator_weights_say_what_to_do(tmp_path):
+    backend = DiffusersText2Image("some-org/not-downloaded-model", config_key="generator.model")
+    with pytest.raises(WeightsNotFoundError, match="generator.model"):
+        backend.load()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsNotFoundError, match="model_index.json"):
+        DiffusersText2Image(str(tmp_path / "empty")).load()
+
+
+def test_open_clip_loads_a_tiny_random_model_from_a_file(tmp_path):
+    import open_clip
+    from safetensors.torch import save_file
+
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+           "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "tiny-test-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "cfgs")
+    model = open_clip.create_model("tiny-test-clip")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    clip = load_clip("tiny-test-clip", pretrained=str(tmp_path / "w.safetensors"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, clip.model.state_dict()[k])
+    emb = clip.encode_images(torch.randint(0, 255, (3, 3, 24, 24), dtype=torch.uint8))  # resized to 16
+    assert emb.shape == (3, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert clip.encode_texts(["a red star", "a cat"]).shape == (2, 16)
+
+
+def test_missing_clip_weights_say_what_to_do(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="clip.pretrained"):
+        load_clip("ViT-B-32", pretrained=str(tmp_path / "missing.bin"))
+    with pytest.raises(ValueError, match="unknown CLIP model"):
+        load_clip("ViT-Nope-1", pretrained=None)
