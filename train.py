@@ -35,9 +35,9 @@ def run(cfg: DictConfig) -> float | None:
     if HydraConfig.initialized():
         export_job(cfg.paths.output_dir, list(HydraConfig.get().overrides.task))
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes,
-                                    class_names=datamodule.class_names, group_names=datamodule.group_names)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
+                                    group_names=datamodule.group_names, _convert_="all")  # plain types: safe ckpts
     callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:

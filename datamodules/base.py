@@ -8,11 +8,24 @@ from typing import Sequence
 
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from .datasets import FileImageDataset
 
 log = logging.getLogger(__name__)
+
+
+class SeededShuffle(Sampler[int]):
+    """A random order that depends only on its seed: iterating it twice (as Lightning may) gives the same order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist())
 
 
 class BlindspotDataModule(LightningDataModule):
@@ -92,10 +105,9 @@ class BlindspotDataModule(LightningDataModule):
         return ds
 
     # loaders -------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=False, drop_last=False,
-                          generator=generator)
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=False, drop_last=False)
 
     @property
     def epoch(self) -> int:
@@ -111,14 +123,14 @@ class BlindspotDataModule(LightningDataModule):
             parts += [synthetic] * self.synthetic_repeat
         for part in parts:
             part.flip_seed = self.shuffle_seed * 100_003 + self.epoch
-        generator = torch.Generator().manual_seed(self.shuffle_seed * 100_003 + self.epoch)
-        return self._loader(ConcatDataset(parts) if len(parts) > 1 else parts[0], shuffle=True, generator=generator)
+        dataset = ConcatDataset(parts) if len(parts) > 1 else parts[0]
+        return self._loader(dataset, SeededShuffle(len(dataset), self.shuffle_seed * 100_003 + self.epoch))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set)
 
     def val_fingerprint(self) -> str:
         """Identifies the validation images (for embedding caches)."""

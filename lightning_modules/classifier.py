@@ -151,11 +151,11 @@ class ImageClassifier(LightningModule):
             results["per_group"] = dict(zip(self.group_names, per_group.tolist()))
             results["worst_group_acc"] = worst_group(per_group)
             values[f"{split}/mean_group_acc"] = float(torch.nanmean(per_group))
-        # without group labels every class is its own group: worst_group_acc is then the worst class
-        values[f"{split}/worst_group_acc"] = results.get("worst_group_acc", results["worst_class_acc"])
             for name, a in results["per_group"].items():
                 if a == a:  # skip empty groups (NaN)
                     values[f"{split}/acc_group/{name}"] = a
+        # without group labels every class is its own group: worst_group_acc is then the worst class
+        values[f"{split}/worst_group_acc"] = results.get("worst_group_acc", results["worst_class_acc"])
         self.log_dict(values, prog_bar=False)
         self.log(f"{split}/acc", acc, prog_bar=True)
         self.last_results[split] = results

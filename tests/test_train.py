@@ -36,7 +36,8 @@ def test_erm_run_writes_report_and_returns_the_sweep_metric(compose_cfg, tmp_pat
 def test_resume_from_a_checkpoint_continues_the_same_run(compose_cfg, tmp_path):
     full = compose_cfg(TINY_WORLD + ["trainer.max_epochs=2", "test=false"], output_dir=tmp_path / "full")
     run_train(full)
-    first = compose_cfg(TINY_WORLD + ["trainer.max_epochs=1", "test=false"], output_dir=tmp_path / "half")
+    first = compose_cfg(TINY_WORLD + ["trainer.max_epochs=2", "test=false", "+trainer.max_steps=12"],
+                        output_dir=tmp_path / "half")  # the same run, stopped after its first epoch (12 steps)
     run_train(first)
     resumed = compose_cfg(TINY_WORLD + ["trainer.max_epochs=2", "test=false",
                                         f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"],
