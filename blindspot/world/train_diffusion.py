@@ -117,6 +117,10 @@ def train(cfg: DictConfig) -> dict:
                            "step": step, "history": history, "seconds": watch.seconds, "cpu_seconds": watch.cpu_seconds},
                           work / "state.pt")
 
+    if cfg.export_only:  # write the pipeline from the saved state (e.g. to try a half-trained model)
+        ema_pipeline().save_pretrained(Path(cfg.out_dir), safe_serialization=True)
+        log.info("exported the EMA weights of step %d to %s", step, cfg.out_dir)
+        return {"step": step}
     bar = tqdm(total=cfg.steps, initial=step, desc="world diffusion", dynamic_ncols=True)
     running = None
     while step < cfg.steps:
