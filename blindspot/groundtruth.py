@@ -21,16 +21,17 @@ def majority_group(mode: FailureMode, val_groups: torch.Tensor, group_names: Seq
 
 def score_discovery(modes: Sequence[FailureMode], planted: Sequence[dict], val_groups: torch.Tensor,
                     group_names: Sequence[str], min_share: float = 0.5) -> dict:
-    """planted_recall: share of planted slices that a top-k mode (k = #planted) is mostly made of;
+    """planted_recall: share of planted slices that one of the top-k modes (k = #planted) is mostly made of;
     caption_hit: share whose matching mode's top-1 caption names the planted attribute value."""
     k = len(planted)
     top = list(modes)[:k]
     matches = []
     for p in planted:
+        members_of = {group_names.index(g) for g in p.get("groups", [p["group"]])}
         found = None
         for m in top:
-            name, share = majority_group(m, val_groups, group_names)
-            if name == p["group"] and share >= min_share:
+            inside = sum(int(g) in members_of for g in val_groups[m.members].tolist())
+            if m.class_name == p.get("class", m.class_name) and inside >= min_share * max(1, m.support):
                 found = m
                 break
         hit = bool(found is not None and p["value"].lower() in found.caption.lower())

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from blindspot.filters import Candidates
+from blindspot.images import load_image
 from blindspot.generation.manifest import manifest_path, read_manifest
 from blindspot.generation.rounds import (GenerationFailedError, RoundRunner, RoundStats, load_plan, plan_round,
                                          remove_strays, save_plan)
@@ -87,21 +89,34 @@ class DiffusionAugmentation(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         discovery = find_callback(trainer, FailureDiscovery)
-        rnd = discovery.pending if discovery else None
-        if trainer.sanity_checking or rnd is None:
+        if trainer.sanity_checking or discovery is None:
             return
+        for rnd in discovery.rounds:  # normally just the newest; after a crash also an unfinished one
+            if rnd.index not in self.stats:
+                self.run_round(trainer, pl_module, rnd)
         discovery.pending = None
+
+    def prior_pool_embeddings(self, trainer: Trainer, round_index: int) -> torch.Tensor | None:
+        """CLIP embeddings of images kept before this rank's next item (near-duplicate filter's memory)."""
+        if not any(getattr(f, "name", "") == "near_duplicate" for f in self.filters):
+            return None
+        kept = [r for r in read_manifest(self.output_dir) if r["kept"] and (
+            r["round"] < round_index or (r["round"] == round_index and r["rank"] == trainer.global_rank))]
+        if not kept:
+            return None
+        clip = find_callback(trainer, FailureDiscovery).clip
+        return clip.encode_images(torch.stack([load_image(r["path"]) for r in kept]))
+
+    def run_round(self, trainer: Trainer, pl_module: LightningModule, rnd) -> None:
+        """Plan (rank 0, once), generate this rank's shard, agree on success, inject the kept images."""
         round_dir = self.output_dir / f"round_{rnd.index}"
         plan_file = round_dir / "plan.json"
         if trainer.is_global_zero:
-            saved = load_plan(plan_file)
-            if saved is None:  # a resumed round keeps its original plan (same prompts, seeds, modes)
+            if load_plan(plan_file) is None:  # a resumed round keeps its original plan (prompts, seeds, modes)
                 items = plan_round(rnd.modes, self.images_per_round, rnd.index, self.seed, str(round_dir / "images"),
                                    self.prompts_per_mode, self.prompt_template, self.untargeted,
                                    self.untargeted_template)
                 save_plan(plan_file, items, rnd.modes)
-            else:
-                rnd.modes = saved[1]
             (round_dir / "images").mkdir(parents=True, exist_ok=True)
             remove_strays(round_dir / "images", {i.path for i in load_plan(plan_file)[0]})
         trainer.strategy.barrier("blindspot-plan")
@@ -112,10 +127,13 @@ class DiffusionAugmentation(Callback):
         error, stats = None, RoundStats()
         try:
             stats = runner.run(mine, rnd.index, manifest_path(self.output_dir, trainer.global_rank), self.output_dir,
-                               pool_emb=None, rank=trainer.global_rank)
+                               pool_emb=self.prior_pool_embeddings(trainer, rnd.index), rank=trainer.global_rank,
+                               should_stop=lambda: trainer.received_sigterm)
         except Exception as err:  # agree across ranks before anyone waits at a barrier
             error = err
         if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
+            if isinstance(error, InterruptedError):
+                raise SIGTERMException(str(error))  # Lightning's SIGTERM path; resume=<run dir> continues the round
             raise GenerationFailedError(f"generation failed on at least one rank in round {rnd.index}: "
                                         f"{error or 'see the other rank log'}") from error
         stats = self._sum(trainer, stats)

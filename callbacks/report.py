@@ -128,6 +128,12 @@ class FailureReport(Callback):
         if self.baseline:
             report["metrics"]["baseline_val"] = _metrics(self.baseline.get("val"))
             report["metrics"]["baseline_test"] = _metrics(self.baseline.get("test"))
+        extra = {}  # hook: any callback with `report_extra() -> dict` adds what its method did (e.g. JTT, DFR)
+        for cb in trainer.callbacks:
+            if cb is not self and callable(getattr(cb, "report_extra", None)):
+                extra.update(cb.report_extra())
+        if extra:
+            report["extra"] = extra
         if discovery is None:
             return report
         val_groups = getattr(dm.val_set, "groups", None)

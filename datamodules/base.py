@@ -50,6 +50,8 @@ class BlindspotDataModule(LightningDataModule):
         self.test_set: Dataset | None = None
         self.synthetic: list[dict] = []  # records: path, label, and provenance (mode, prompt, seed, round, ...)
         self._weight_overrides: dict[int, float] = {}
+        self.loss_groups: torch.Tensor | None = None  # per real train sample: the group a group-DRO loss uses
+        self.loss_group_names: list[str] = []
 
     # names ---------------------------------------------------------------------------------------
     @property
@@ -89,11 +91,23 @@ class BlindspotDataModule(LightningDataModule):
         self._weight_overrides = {int(k): float(v) for k, v in weights.items()}
         self._apply_weights()
 
+    def set_loss_groups(self, groups: torch.Tensor, names: Sequence[str]) -> None:
+        """Groups (index into `names`, -1 = none) of the real train samples that batches carry as 'loss_group'."""
+        groups = torch.as_tensor(groups, dtype=torch.long).clone()
+        if self.train_set is not None and len(groups) != len(self.train_set):
+            raise ValueError(f"{len(groups)} loss groups for {len(self.train_set)} train samples")
+        if len(groups) and int(groups.max()) >= len(names):
+            raise ValueError(f"loss group {int(groups.max())} has no name ({len(names)} names)")
+        self.loss_groups, self.loss_group_names = groups, list(names)
+        self._apply_weights()
+
     def _apply_weights(self) -> None:
         if self.train_set is not None and hasattr(self.train_set, "weights"):
             self.train_set.weights.fill_(1.0)
             for i, w in self._weight_overrides.items():
                 self.train_set.weights[i] = w
+        if self.train_set is not None and self.loss_groups is not None:
+            self.train_set.loss_groups = self.loss_groups
 
     def synthetic_dataset(self) -> Dataset | None:
         """The pool as a dataset (indices after the real train set), or None when empty."""
@@ -102,6 +116,8 @@ class BlindspotDataModule(LightningDataModule):
         ds = FileImageDataset([r["path"] for r in self.synthetic], [int(r["label"]) for r in self.synthetic],
                               image_size=self.image_size, hflip=self.hflip, index_offset=len(self.train_set))
         ds.weights.fill_(self.synthetic_weight)
+        if self.loss_groups is not None:  # injected samples join no loss group (plain ERM term)
+            ds.loss_groups = torch.full((len(ds),), -1, dtype=torch.long)
         return ds
 
     # loaders -------------------------------------------------------------------------------------
@@ -134,23 +150,29 @@ class BlindspotDataModule(LightningDataModule):
 
     def val_fingerprint(self) -> str:
         """Identifies the validation images (for embedding caches)."""
-        import hashlib
-
-        ds = self.val_set
-        key = "|".join(getattr(ds, "paths", [])) or f"{type(ds).__name__}:{len(ds)}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return _fingerprint(self.val_set)
 
     def val_images(self, indices: Sequence[int] | None = None) -> torch.Tensor:
         """uint8 validation images (all, or the given indices) without augmentation."""
-        ds = self.val_set
-        idx = list(range(len(ds))) if indices is None else list(indices)
-        if hasattr(ds, "images") and isinstance(ds.images, torch.Tensor):
-            return ds.images[idx]
-        return ds.images(idx)
+        return _images(self.val_set, indices)
+
+    def train_fingerprint(self) -> str:
+        """Identifies the real training images (for embedding caches)."""
+        return _fingerprint(self.train_set)
+
+    def train_images(self, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """uint8 real training images (all, or the given indices) without augmentation."""
+        return _images(self.train_set, indices)
+
+    def pool_split(self):
+        """The weakly labelled pool (`.images` uint8, `.labels`, `.fingerprint`) for retrieval, or None."""
+        return None
 
     # checkpointed state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"synthetic": [dict(r) for r in self.synthetic], "weights": dict(self._weight_overrides)}
+        return {"synthetic": [dict(r) for r in self.synthetic], "weights": dict(self._weight_overrides),
+                "loss_groups": None if self.loss_groups is None else self.loss_groups.tolist(),
+                "loss_group_names": list(self.loss_group_names)}
 
     def load_state_dict(self, state: dict) -> None:
         self.synthetic = [dict(r) for r in state.get("synthetic", [])]
@@ -160,4 +182,23 @@ class BlindspotDataModule(LightningDataModule):
                 f"{len(missing)} injected samples from the checkpoint are missing on disk (e.g. {missing[0]}); "
                 "resume in the original run directory (`resume=<run dir>`) or restore its generated/ folder")
         self._weight_overrides = {int(k): float(v) for k, v in state.get("weights", {}).items()}
+        if state.get("loss_groups") is not None:
+            self.loss_groups = torch.as_tensor(state["loss_groups"], dtype=torch.long)
+            self.loss_group_names = list(state.get("loss_group_names", []))
         self._apply_weights()
+
+
+def _fingerprint(ds: Dataset) -> str:
+    """A short hash of a dataset's file paths (or its type and length when in memory)."""
+    import hashlib
+
+    key = "|".join(getattr(ds, "paths", [])) or f"{type(ds).__name__}:{len(ds)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _images(ds: Dataset, indices: Sequence[int] | None) -> torch.Tensor:
+    """uint8 images of a split (all, or the given indices) without augmentation."""
+    idx = list(range(len(ds))) if indices is None else list(indices)
+    if hasattr(ds, "images") and isinstance(ds.images, torch.Tensor):
+        return ds.images[idx]
+    return ds.images(idx)

@@ -14,8 +14,12 @@ from blindspot.images import load_image
 log = logging.getLogger(__name__)
 
 
-def _item(image: torch.Tensor, label: int, group: int, index: int, weight: float) -> dict:
-    return {"image": image, "label": label, "group": group, "index": index, "weight": weight}
+def _item(image: torch.Tensor, label: int, group: int, index: int, weight: float,
+          loss_groups: torch.Tensor | None = None, i: int = 0) -> dict:
+    item = {"image": image, "label": label, "group": group, "index": index, "weight": weight}
+    if loss_groups is not None:  # groups the loss optimises over (e.g. discovered), set by the datamodule
+        item["loss_group"] = int(loss_groups[i])
+    return item
 
 
 def flip_for(index: int, seed: int) -> bool:
@@ -31,6 +35,7 @@ class TensorImageDataset(Dataset):
         self.images, self.labels = images, labels
         self.groups = groups if groups is not None else torch.full_like(labels, -1)
         self.weights = torch.ones(len(labels))
+        self.loss_groups: torch.Tensor | None = None
         self.hflip, self.flip_seed = hflip, 0
 
     def __len__(self) -> int:
@@ -40,7 +45,7 @@ class TensorImageDataset(Dataset):
         image = self.images[i]
         if self.hflip and flip_for(i, self.flip_seed):
             image = image.flip(-1)
-        return _item(image, int(self.labels[i]), int(self.groups[i]), i, float(self.weights[i]))
+        return _item(image, int(self.labels[i]), int(self.groups[i]), i, float(self.weights[i]), self.loss_groups, i)
 
 
 class FileImageDataset(Dataset):
@@ -53,6 +58,7 @@ class FileImageDataset(Dataset):
         self.groups = torch.as_tensor(list(groups), dtype=torch.long) if groups is not None else torch.full_like(
             self.labels, -1)
         self.weights = torch.ones(len(self.labels))
+        self.loss_groups: torch.Tensor | None = None
         self.image_size, self.hflip, self.index_offset, self.flip_seed = image_size, hflip, index_offset, 0
 
     def __len__(self) -> int:
@@ -62,7 +68,8 @@ class FileImageDataset(Dataset):
         image = load_image(self.paths[i], self.image_size)
         if self.hflip and flip_for(self.index_offset + i, self.flip_seed):
             image = image.flip(-1)
-        return _item(image, int(self.labels[i]), int(self.groups[i]), self.index_offset + i, float(self.weights[i]))
+        return _item(image, int(self.labels[i]), int(self.groups[i]), self.index_offset + i, float(self.weights[i]),
+                     self.loss_groups, i)
 
     def images(self, indices: Sequence[int]) -> torch.Tensor:
         """uint8 [k, 3, s, s] of some items (no augmentation)."""

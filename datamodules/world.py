@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from blindspot.world.dataset import Planted, SplitSizes, WorldSplit, build_split, group_names, validate_planted
+from blindspot.world.dataset import (Planted, SplitSizes, WorldSplit, build_split, group_names, planted_slices,
+                                     validate_planted)
 from blindspot.world.spec import WorldSpec
 
 from .base import BlindspotDataModule
@@ -72,9 +73,13 @@ class WorldDataModule(BlindspotDataModule):
     def val_fingerprint(self) -> str:
         return self.split("val").fingerprint
 
+    def train_fingerprint(self) -> str:
+        return self.split("train").fingerprint
+
+    def pool_split(self) -> WorldSplit:
+        """The unlabelled-style pool (uniform over attributes, with class labels) that retrieval draws from."""
+        return self.split("pool")
+
     def planted_slices(self) -> list[dict]:
-        """Ground truth for discovery scores: each planted shortcut's rare group(s) (evaluation only)."""
-        out = []
-        for p in self.planted:
-            out.append({"class": p.cls, "attribute": p.attribute, "majority": p.value, "rate": p.rate})
-        return out
+        """Ground truth for discovery scores: the rare (class, value) combinations (evaluation only)."""
+        return planted_slices(self.spec, self.planted)

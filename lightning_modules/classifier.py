@@ -17,6 +17,7 @@ from .backbones import create_backbone
 log = logging.getLogger(__name__)
 
 LOSSES = ("erm", "weighted", "group_dro")
+DRO_GROUPS = ("ground_truth", "discovered")
 
 
 class ImageClassifier(LightningModule):
@@ -35,6 +36,7 @@ class ImageClassifier(LightningModule):
         backbone_kwargs: dict | None = None,
         loss: str = "erm",
         dro_step_size: float = 0.01,
+        dro_groups: str = "ground_truth",
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
         label_smoothing: float = 0.0,
@@ -42,11 +44,14 @@ class ImageClassifier(LightningModule):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES} (model.loss)")
-        if loss == "group_dro" and not group_names:
-            raise ValueError("model.loss=group_dro needs groups: use data with group labels or discovered groups")
+        if dro_groups not in DRO_GROUPS:
+            raise ValueError(f"unknown model.dro_groups {dro_groups!r}; choose one of {DRO_GROUPS}")
+        if loss == "group_dro" and dro_groups == "ground_truth" and not group_names:
+            raise ValueError("model.loss=group_dro needs ground-truth groups and this data has none: use data with "
+                             "group labels, or groups from discovery (+augment=group_dro_discovered)")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.net = create_backbone(backbone, num_classes, pretrained, pretrained_path, dict(backbone_kwargs or {}))
+        self.net = self.build_net()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.class_names, self.group_names = list(class_names), list(group_names)
@@ -61,6 +66,12 @@ class ImageClassifier(LightningModule):
         self.last_results: dict[str, dict] = {}
 
     # model -------------------------------------------------------------------------------------
+    def build_net(self) -> torch.nn.Module:
+        """A freshly initialised network like `net` (same backbone, weights source and head; e.g. for JTT)."""
+        hp = self.hparams
+        return create_backbone(hp.backbone, hp.num_classes, hp.pretrained, hp.pretrained_path,
+                               dict(hp.backbone_kwargs or {}))
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or [0, 1] float) images -> the backbone's input."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
@@ -91,7 +102,10 @@ class ImageClassifier(LightningModule):
         if kind == "weighted":
             w = batch["weight"].to(per_sample.dtype)
             return (w * per_sample).sum() / w.sum().clamp(min=1e-8)
-        groups = batch["group"]
+        if self.hparams.dro_groups == "discovered" and "loss_group" not in batch:
+            raise RuntimeError("model.dro_groups=discovered needs batches with 'loss_group': add the DiscoveredGroups "
+                               "callback (+augment=group_dro_discovered)")
+        groups = batch["loss_group"] if self.hparams.dro_groups == "discovered" else batch["group"]
         known = groups >= 0
         n = len(self.dro_q)
         sums = torch.zeros(n, device=logits.device).index_add(0, groups[known], per_sample[known])
@@ -103,6 +117,16 @@ class ImageClassifier(LightningModule):
         dro = (self.dro_q * group_loss).sum()
         unknown = per_sample[~known]  # e.g. injected samples without a group: plain ERM term
         return dro + (unknown.mean() if len(unknown) else 0.0)
+
+    def reset_group_weights(self, num_groups: int) -> None:
+        """Restart the group-DRO weights, uniform over `num_groups` (new discovered groups)."""
+        n = max(1, num_groups)
+        self.dro_q.resize_(n).fill_(1.0 / n)  # in place: the same buffer object (DDP keeps references to buffers)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        q = checkpoint.get("state_dict", {}).get("dro_q")
+        if q is not None and q.shape != self.dro_q.shape:  # discovered groups: the saved run had another count
+            self.reset_group_weights(len(q))
 
     # steps -------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -13,7 +13,8 @@ from blindspot.world.render import render
 from blindspot.world.spec import BACKGROUNDS, CLASSES, WorldSpec
 
 SPEC = WorldSpec()
-PLANTED = [Planted("star", "background", "water", 0.9), Planted("cross", "background", "grass", 0.9)]
+PLANTED = [Planted("star", "background", "water", 0.9, exclusive=True), Planted("cross", "background", "grass", 0.9),
+           Planted("star", "background", "grass", 0.01)]
 SMALL = SplitSizes(train_per_class=300, val_per_group=4, test_per_group=6, pool_per_class=20)
 
 
@@ -74,6 +75,17 @@ def test_planted_rates_hold_in_train():
     assert seen[SPEC.backgrounds.index("water")] < seen[SPEC.backgrounds.index("sand")]
 
 
+def test_rare_entries_are_the_planted_blind_spots():
+    from blindspot.world.dataset import planted_slices
+
+    s = build_split(SPEC, PLANTED, "train", SplitSizes(train_per_class=2000), seed=0)
+    star = s.labels == SPEC.classes.index("star")
+    on_grass = (s.attributes["background"][star] == SPEC.backgrounds.index("grass")).float().mean().item()
+    assert on_grass < 0.02
+    slices = planted_slices(SPEC, PLANTED)
+    assert [(p["class"], p["value"]) for p in slices] == [("star", "grass")] and slices[0]["groups"] == ["star|grass"]
+
+
 def test_captions_describe_the_image_attributes():
     s = build_split(SPEC, PLANTED, "test", SMALL, seed=0)
     for i in range(10):
@@ -99,6 +111,12 @@ def test_corpus_covers_every_combination_uniformly():
 def test_bad_planted_config_is_named(bad, match):
     with pytest.raises(ValueError, match=match):
         build_split(SPEC, [bad], "val", SMALL)
+
+
+def test_planted_rates_must_leave_room():
+    with pytest.raises(ValueError, match="sum to"):
+        build_split(SPEC, [Planted("star", "background", "water", 0.7), Planted("star", "background", "grass", 0.5)],
+                    "val", SMALL)
 
 
 def test_unknown_world_vocabulary_is_named():

@@ -136,13 +136,13 @@ class RoundRunner:
         self.batch_size, self.max_failure_fraction, self.progress = batch_size, max_failure_fraction, progress
 
     def _make(self, items: list[PlanItem], stats: RoundStats) -> tuple[list[PlanItem], torch.Tensor]:
-        """Images for items: reuse files already written (orphans), generate the rest; isolate failures."""
-        ready, images, todo = [], [], []
+        """Images for items, in plan order: reuse files already written (orphans), generate the rest."""
+        made: dict[str, torch.Tensor] = {}
+        todo = []
         for it in items:
             if Path(it.path).is_file():
                 try:
-                    images.append(load_image(it.path).float() / 255.0)
-                    ready.append(it)
+                    made[it.id] = load_image(it.path).float() / 255.0
                     stats.reused += 1
                     continue
                 except UnreadableImageError:
@@ -150,14 +150,16 @@ class RoundRunner:
             todo.append(it)
         if todo:
             t0 = time.perf_counter()
-            made, ok_items = self._generate(todo, stats)
+            images, ok_items = self._generate(todo, stats)
             stats.seconds_generate += time.perf_counter() - t0
-            for it, img in zip(ok_items, made):
-                save_png(to_uint8(img), it.path)  # written before the manifest line: a kill leaves an orphan
-            ready += ok_items
-            images += list(made)
+            for it, img in zip(ok_items, images):
+                pixels = to_uint8(img)
+                save_png(pixels, it.path)  # written before the manifest line: a kill leaves an orphan
+                # judge exactly what was saved (a resumed run re-reads it): quantised, NaN kept visible
+                made[it.id] = pixels.float() / 255.0 if torch.isfinite(img).all() else torch.full_like(img, float("nan"))
             stats.generated += len(ok_items)
-        return ready, torch.stack(images) if images else torch.zeros(0)
+        ready = [it for it in items if it.id in made]
+        return ready, torch.stack([made[it.id] for it in ready]) if ready else torch.zeros(0)
 
     def _generate(self, items: list[PlanItem], stats: RoundStats) -> tuple[torch.Tensor, list[PlanItem]]:
         try:
@@ -179,8 +181,14 @@ class RoundRunner:
             return (torch.stack(good_images) if good_images else torch.zeros(0)), good_items
 
     def run(self, items: list[PlanItem], round_index: int, manifest_file: str | os.PathLike,
-            manifest_dir: str | os.PathLike, pool_emb: torch.Tensor | None = None, rank: int = 0) -> RoundStats:
-        """Process this rank's items; skip those already recorded; append a record per image."""
+            manifest_dir: str | os.PathLike, pool_emb: torch.Tensor | None = None, rank: int = 0,
+            should_stop: Callable[[], bool] = lambda: False) -> RoundStats:
+        """Process this rank's items in plan order; skip those already recorded; append a record per image.
+
+        `pool_emb`: CLIP embeddings of the images kept before this point (earlier rounds, and this rank's
+        earlier items of this round) for the near-duplicate filter. `should_stop` is polled between batches
+        (e.g. SIGTERM): the manifest stays consistent and a resumed run carries on from there.
+        """
         stats = RoundStats()
         done = {r["id"] for r in read_manifest(manifest_dir)}
         todo = [i for i in items if i.id not in done]
@@ -188,6 +196,8 @@ class RoundRunner:
         bar = tqdm(total=len(items), initial=stats.skipped_done, desc=f"round {round_index} generate+filter",
                    disable=not self.progress, leave=False)
         for start in range(0, len(todo), self.batch_size):
+            if should_stop():
+                raise InterruptedError(f"round {round_index} stopped on request after {start} of {len(todo)} images")
             batch = todo[start : start + self.batch_size]
             ready, images = self._make(batch, stats)
             if ready:

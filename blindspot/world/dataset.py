@@ -24,17 +24,19 @@ SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2, "pool": 3}  # added to 1000 * se
 
 @dataclass(frozen=True)
 class Planted:
-    """A planted correlation: in train, `rate` of the images of `cls` have `attribute` == `value`.
+    """A planted correlation: in train, a share `rate` of the images of `cls` have `attribute` == `value`.
 
-    With `exclusive`, the value also (almost) belongs to the class: other classes show it only with the
-    probability the remaining values of `cls` get, so the value becomes a shortcut for the class.
+    A rate above the uniform share makes a shortcut (stars live on water); a rate below it makes a rare
+    combination (stars almost never on grass): a planted blind spot, the ground truth discovery is scored
+    against. With `exclusive`, other classes show the value only as often as `cls` shows each other value,
+    so the value alone almost identifies the class.
     """
 
     cls: str
     attribute: str
     value: str
     rate: float
-    exclusive: bool = True
+    exclusive: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,29 @@ def validate_planted(spec: WorldSpec, planted: list[Planted]) -> None:
             raise ValueError(f"planted value {p.value!r} is not a world {p.attribute}; known: {list(values)}")
         if not 0.0 <= p.rate <= 1.0:
             raise ValueError(f"planted rate {p.rate} for {p.cls}/{p.value} must be in [0, 1]")
-    seen = {(p.cls, p.attribute) for p in planted}
-    if len(seen) != len(planted):
-        raise ValueError("planted: at most one entry per (class, attribute)")
+    seen = [(p.cls, p.attribute, p.value) for p in planted]
+    if len(set(seen)) != len(seen):
+        raise ValueError("planted: at most one entry per (class, attribute, value)")
+    for cls, attribute in {(p.cls, p.attribute) for p in planted}:
+        entries = [p for p in planted if (p.cls, p.attribute) == (cls, attribute)]
+        total, n_values = sum(p.rate for p in entries), len(spec.values(attribute))
+        if total > 1 + 1e-9 or (len(entries) == n_values and abs(total - 1) > 1e-6):
+            raise ValueError(f"planted rates of {cls}/{attribute} sum to {total:.3f}: they must leave a share "
+                             "for the values not named (sum <= 1; = 1 when every value is named)")
+
+
+def planted_slices(spec: WorldSpec, planted: list[Planted]) -> list[dict]:
+    """The planted blind spots: rare (class, value) combinations, with the group names they cover."""
+    names = group_names(spec, planted)
+    attrs = group_attributes(planted)
+    out = []
+    for p in planted:
+        if p.rate < 1.0 / len(spec.values(p.attribute)):
+            position = 1 + attrs.index(p.attribute)
+            groups = [g for g in names if g.split("|")[0] == p.cls and g.split("|")[position] == p.value]
+            out.append({"class": p.cls, "attribute": p.attribute, "value": p.value, "rate": p.rate,
+                        "group": "|".join([p.cls, p.value]), "groups": groups})
+    return out
 
 
 def group_attributes(planted: list[Planted]) -> tuple[str, ...]:
@@ -98,19 +120,24 @@ def group_names(spec: WorldSpec, planted: list[Planted]) -> list[str]:
 def _attribute_probs(spec: WorldSpec, planted: list[Planted], attribute: str) -> torch.Tensor:
     """[n_classes, n_values] train-time P(value | class) for one attribute."""
     values = spec.values(attribute)
-    probs = torch.full((len(spec.classes), len(values)), 1.0 / len(values))
+    n = len(values)
+    probs = torch.full((len(spec.classes), n), 1.0 / n)
     entries = [p for p in planted if p.attribute == attribute]
-    for p in entries:
-        c, v = spec.classes.index(p.cls), values.index(p.value)
-        probs[c] = (1 - p.rate) / max(1, len(values) - 1)
-        probs[c, v] = p.rate
+    for cls in {p.cls for p in entries}:
+        c = spec.classes.index(cls)
+        named = {values.index(p.value): p.rate for p in entries if p.cls == cls}
+        rest = (1.0 - sum(named.values())) / max(1, n - len(named))
+        probs[c] = rest
+        for v, rate in named.items():
+            probs[c, v] = rate
     for p in entries:
         if p.exclusive:
-            c, v = spec.classes.index(p.cls), values.index(p.value)
-            minority = (1 - p.rate) / max(1, len(values) - 1)
-            for other in range(len(spec.classes)):
-                if other != c and spec.classes[other] not in {q.cls for q in entries if q.value == p.value}:
-                    probs[other, v] = min(probs[other, v].item(), minority)
+            v = values.index(p.value)
+            owners = {q.cls for q in entries if q.value == p.value}
+            cap = (1 - p.rate) / max(1, n - 1)
+            for other, name in enumerate(spec.classes):
+                if name not in owners:
+                    probs[other, v] = min(float(probs[other, v]), cap)
     return probs / probs.sum(1, keepdim=True)
 
 
