@@ -122,13 +122,16 @@ def load_clip(
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=device, precision=precision
         )
-    except RuntimeError as err:
-        if "download" in str(err).lower() or "connect" in str(err).lower() or "offline" in str(err).lower():
+    except Exception as err:  # open_clip / safetensors / torch raise many kinds for unreadable weights
+        if pretrained and os.path.isfile(pretrained):
             raise WeightsNotFoundError(
-                f"could not load CLIP weights {pretrained!r} for {name!r} and there is no network here: "
-                f"download them elsewhere into the Hugging Face cache, or point `{config_key}` at a local file."
+                f"CLIP weights {pretrained} could not be read into {name!r} ({type(err).__name__}: {err}). The file "
+                f"is corrupt or belongs to another model: download it again, or fix `{config_key}` / `clip.name`."
             ) from err
-        raise
+        raise WeightsNotFoundError(
+            f"could not load CLIP weights {pretrained!r} for {name!r} and there is no network here: "
+            f"download them elsewhere into the Hugging Face cache, or point `{config_key}` at a local file. "
+            f"({type(err).__name__}: {err})") from err
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     visual = model.visual

@@ -66,6 +66,8 @@ class DiffusionAugmentation(Callback):
             if find_callback(trainer, FailureDiscovery) is None:
                 raise ValueError("DiffusionAugmentation needs a FailureDiscovery callback (use +augment=failure_diffusion)")
             self.check_writable()
+            if hasattr(self.generator, "pipe"):
+                _ = self.generator.pipe  # load (or fail with a clear message) before training starts
 
     def judge(self, trainer: Trainer, pl_module: LightningModule):
         """A function giving filters what they look at: CLIP embeddings and the current classifier's view."""

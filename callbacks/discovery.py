@@ -76,6 +76,10 @@ class FailureDiscovery(Callback):
                                              progress=self.progress and trainer.is_global_zero)
         return self._embeddings
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and self.max_rounds > 0:
+            _ = self.clip  # load (or fail with a clear message) now, not after hours of training
+
     # collecting validation outputs --------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._buffers = {"index": [], "preds": [], "labels": [], "probs": []}

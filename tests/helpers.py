@@ -32,3 +32,36 @@ class RecordSeenSamples(Callback):
         rank = trainer.global_rank
         (self.output_dir / f"seen_rank{rank}.json").write_text(json.dumps(
             {"train": self.train, "val": self.val, "pid": os.getpid(), "world_size": trainer.world_size}))
+
+
+def pool_of(checkpoint_path) -> list[tuple[str, int]]:
+    """(file name, label) of every injected sample stored in a checkpoint."""
+    import torch
+
+    ckpt = torch.load(checkpoint_path, weights_only=False)
+    return sorted((Path(r["path"]).name, int(r["label"])) for r in ckpt["WorldDataModule"]["synthetic"])
+
+
+class DumpPool(Callback):
+    """Writes, per rank, the injected pool the datamodule trains on at the end of fit (JSON)."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = Path(output_dir)
+
+    def on_fit_end(self, trainer, pl_module):
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        pool = [(Path(r["path"]).name, int(r["label"])) for r in trainer.datamodule.synthetic]
+        (self.output_dir / f"pool_rank{trainer.global_rank}.json").write_text(json.dumps(sorted(pool)))
+
+
+def failing_backend(fail_rank: int, **kwargs):
+    """A real diffusers backend that raises on one DDP rank (to test that every rank stops, none hangs)."""
+    from blindspot.generation.backends import DiffusersText2Image
+
+    class FailingOnRank(DiffusersText2Image):
+        def generate(self, prompts, seeds):
+            if int(os.environ.get("LOCAL_RANK", "0")) == fail_rank:
+                raise RuntimeError(f"simulated generator crash on rank {fail_rank}")
+            return super().generate(prompts, seeds)
+
+    return FailingOnRank(**kwargs)

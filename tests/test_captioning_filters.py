@@ -59,7 +59,7 @@ def test_vocabulary_files_and_their_errors(tmp_path):
     (tmp_path / "v.txt").write_text("# contexts\non a beach\nin snow\n")
     assert load_vocabulary(tmp_path / "v.yaml").attributes == {"place": ["on a beach", "in a forest"]}
     assert load_vocabulary(tmp_path / "v.txt").attributes == {"context": ["on a beach", "in snow"]}
-    with pytest.raises(FileNotFoundError, match="vocabulary_file"):
+    with pytest.raises(FileNotFoundError, match="vocabulary.path"):
         load_vocabulary(tmp_path / "missing.yaml")
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ValueError, match="vocabulary is empty"):

@@ -53,3 +53,27 @@ def make_tiny_world_pipeline(folder: Path, clip_name: str) -> Path:
                          unet, scheduler)
     pipe.save_pretrained(folder / "pipe")
     return folder / "pipe"
+
+
+def make_tiny_sd_pipeline(folder: Path) -> Path:
+    """A Stable-Diffusion-architecture pipeline (UNet, AutoencoderKL, CLIP text model) with random weights."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from blindspot.world.text_encoder import clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(16, 16), latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=16, projection_dim=32,
+                                        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(16, folder / "vocab"),
+                                   unet=unet, scheduler=DPMSolverMultistepScheduler(steps_offset=1),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder / "pipe")
+    return folder / "pipe"

@@ -89,9 +89,10 @@ class DiffusersText2Image:
         try:
             pipe = AutoPipelineForText2Image.from_pretrained(self.model, dtype=self.dtype,
                                                              local_files_only=True)
-        except (OSError, ValueError, EnvironmentError) as err:
+        except Exception as err:  # diffusers/hub/safetensors raise many kinds for missing or corrupt weights
             raise WeightsNotFoundError(
-                f"could not load text-to-image weights {self.model!r} and no model hub is reachable here. "
+                f"could not load text-to-image weights {self.model!r} (missing or corrupt; no model hub is reachable "
+                f"here). "
                 f"On a machine with network run `huggingface-cli download {self.model}` (fills the Hugging Face "
                 f"cache; copy ~/.cache/huggingface here) or `save_pretrained` the pipeline to a folder, then set "
                 f"{self.config_key}=<that folder>. ({type(err).__name__}: {err})") from err

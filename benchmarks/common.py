@@ -1,0 +1,58 @@
+"""Shared plumbing of the benchmarks: machine facts, side-by-side timing, JSON + markdown output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine(threads: int | None = None) -> dict:
+    """Where the numbers were measured (and how busy the machine was)."""
+    import diffusers
+    import open_clip
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": threads or torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_at_start": os.getloadavg(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "open_clip": open_clip.__version__}
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, measured in alternation (A B A B ...) so drift hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def write(name: str, result: dict, table: list[list], quick: bool) -> Path:
+    """Write results/<name>[_quick].json and a markdown table next to it; returns the JSON path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_quick" if quick else name
+    path = RESULTS / f"{stem}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    header, *rows = table
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    m = result.get("machine", {})
+    lines.append(f"\nMachine: {m.get('processor')}, {m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads, "
+                 f"load at start {m.get('load_average_at_start')}; torch {m.get('torch')}.")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return path

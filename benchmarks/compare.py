@@ -1,0 +1,157 @@
+"""The comparison sweep: every method x seed on the same data and epochs -> one table, one chart.
+
+    python -m benchmarks.compare                 # all methods x 3 seeds (resumes: finished runs are kept)
+    python -m benchmarks.compare --quick         # plumbing check: tiny data, 2 epochs, one seed (CI)
+    python -m benchmarks.compare --methods none,failure_diffusion --seeds 0
+
+Each run is `python train.py experiment=compare +augment=<method> seed=<seed>` in its own folder under
+outputs/compare/<method>/seed<seed>/; a run whose report has test metrics is not run again, an interrupted
+one continues from its last checkpoint. Writes benchmarks/results/compare.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "dfr_discovered", "retrieval",
+           "untargeted_diffusion", "failure_diffusion"]
+QUICK = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
+         "trainer.max_epochs=2", "callbacks.failure_discovery.start_epoch=1",
+         "callbacks.diffusion_augmentation.images_per_round=8", "generator.num_inference_steps=4",
+         "augment.methods.directions.min_support=3", "augment.methods.directions.min_error_gap=0.0",
+         "callbacks.jtt.identification_epochs=1", "callbacks.pool_retrieval.images_per_round=8"]
+
+
+def overrides_for(method: str, quick: bool) -> list[str]:
+    """Quick-mode overrides that exist in this method's config (others would fail to compose)."""
+    if not quick:
+        return []
+    keep = []
+    for o in QUICK:
+        key = o.split("=")[0]
+        if key.startswith("callbacks.jtt") and method != "jtt":
+            continue
+        if key.startswith("callbacks.pool_retrieval") and method != "retrieval":
+            continue
+        if key.startswith("callbacks.diffusion_augmentation") and method not in ("failure_diffusion",
+                                                                                "untargeted_diffusion"):
+            continue
+        if (key.startswith("callbacks.failure_discovery") or key.startswith("augment.methods")) and method in (
+                "none", "jtt", "group_dro_oracle", "dfr"):
+            continue
+        keep.append(o)
+    return keep
+
+
+def run_one(method: str, seed: int, out: Path, quick: bool) -> dict:
+    """Run (or resume, or skip) one method/seed; returns its report."""
+    report = out / "report" / "report.json"
+    if report.is_file() and json.loads(report.read_text()).get("metrics", {}).get("test"):
+        return json.loads(report.read_text())
+    args = ["experiment=compare", f"+augment={method}", f"seed={seed}", "logger=csv", f"hydra.run.dir={out}",
+            *overrides_for(method, quick)]
+    if (out / "checkpoints" / "last.ckpt").exists():
+        args.append(f"resume={out}")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.time()
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} seed {seed} failed:\n{proc.stderr[-4000:]}")
+    data = json.loads(report.read_text())
+    data.setdefault("wall_seconds", time.time() - start)
+    return data
+
+
+def images_added(report: dict) -> int:
+    """Generated (or retrieved) images the method added to the training set."""
+    extra = report.get("extra", {})
+    retrieved = sum(v.get("retrieved", 0) for v in extra.values() if isinstance(v, dict))
+    return sum(r.get("kept", 0) for r in report.get("rounds", [])) + retrieved
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """Mean and standard deviation over seeds per method (the machine-readable results)."""
+    out = {}
+    for method, reports in runs.items():
+        avg = [r["metrics"]["test"]["avg_acc"] for r in reports]
+        wga = [r["metrics"]["test"]["worst_group_acc"] for r in reports]
+        groups = sorted(reports[0]["metrics"]["test"].get("per_group", {}))
+        out[method] = {
+            "avg_acc_mean": statistics.mean(avg), "avg_acc_std": statistics.pstdev(avg),
+            "wga_mean": statistics.mean(wga), "wga_std": statistics.pstdev(wga),
+            "images_added": statistics.mean(images_added(r) for r in reports),
+            "wall_seconds": statistics.mean(r.get("wall_seconds", 0.0) for r in reports),
+            "seeds": len(reports),
+            "per_group_mean": {g: statistics.mean(r["metrics"]["test"]["per_group"][g] for r in reports)
+                               for g in groups},
+        }
+    return out
+
+
+def chart(summary: dict, path: Path) -> None:
+    """Bar chart of average and worst-group test accuracy per method (error bars: std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.6))
+    ax.bar([i - 0.2 for i in x], [summary[n]["avg_acc_mean"] for n in names], 0.4,
+           yerr=[summary[n]["avg_acc_std"] for n in names], label="average accuracy", color="#9bb7d4")
+    ax.bar([i + 0.2 for i in x], [summary[n]["wga_mean"] for n in names], 0.4,
+           yerr=[summary[n]["wga_std"] for n in names], label="worst-group accuracy", color="#d1495b")
+    ax.set_xticks(list(x), names, rotation=25, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(summary: dict) -> str:
+    """The markdown table of the README."""
+    rows = ["| method | avg acc | worst-group acc | images added | wall time / run |", "|---|---|---|---|---|"]
+    for m, s in summary.items():
+        rows.append(f"| {m} | {s['avg_acc_mean']:.1%} ± {s['avg_acc_std']:.1%} | {s['wga_mean']:.1%} ± "
+                    f"{s['wga_std']:.1%} | {s['images_added']:.0f} | {s['wall_seconds'] / 60:.1f} min |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    """Run the sweep and write results/compare.{json,md,png}."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--out", default=str(ROOT / "outputs" / "compare"))
+    args = p.parse_args()
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    out = Path(args.out) / ("quick" if args.quick else "full")
+    start = time.time()
+    runs = {m: [run_one(m, s, out / m / f"seed{s}", args.quick) for s in seeds] for m in methods}
+    summary = summarise(runs)
+    stem = "compare_quick" if args.quick else "compare"
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = table(summary) + f"\n\nSweep wall time (this invocation): {(time.time() - start) / 60:.1f} min; " \
+                            f"seeds {seeds}; machine: {os.cpu_count()} CPU cores.\n"
+    (results / f"{stem}.md").write_text(text)
+    chart(summary, results / f"{stem}.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

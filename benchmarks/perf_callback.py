@@ -1,0 +1,66 @@
+"""Overhead of the discovery callback: the same epochs of the default world with and without it (no generation).
+
+    python -m benchmarks.perf_callback            # default world, discovery after every epoch (worst case)
+    python -m benchmarks.perf_callback --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import machine, write
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fit_seconds(args: list[str], out: Path) -> tuple[float, dict]:
+    """Wall time of one train.py run (fit only, no test) and its report."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "train.py", "test=false", "logger=none", f"hydra.run.dir={out}", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return time.perf_counter() - start, json.loads((out / "report" / "report.json").read_text())
+
+
+def main() -> None:
+    """Measure and write results/perf_callback.{json,md}."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    common = ["data.train_per_class=100", "trainer.max_epochs=2"] if args.quick else []
+    discovery = ["+augment=failure_diffusion", "callbacks.diffusion_augmentation=null",
+                 "callbacks.failure_discovery.start_epoch=1", "callbacks.failure_discovery.every_n_epochs=1",
+                 "callbacks.failure_discovery.max_rounds=100"]
+    with tempfile.TemporaryDirectory() as tmp:
+        times = {"without": [], "with": []}
+        reports = {}
+        for rep in range(1 if args.quick else 2):  # alternate so drift hits both alike
+            for name, extra in (("without", []), ("with", discovery)):
+                seconds, reports[name] = fit_seconds(common + extra, Path(tmp) / f"{name}{rep}")
+                times[name].append(seconds)
+    t_without, t_with = min(times["without"]), min(times["with"])
+    rounds = len(reports["with"].get("rounds", []))
+    breakdown = reports["with"].get("breakdown", {})
+    result = {"machine": machine(), "quick": args.quick, "seconds_without": t_without, "seconds_with": t_with,
+              "runs": times, "rounds": rounds, "overhead_fraction": (t_with - t_without) / t_without,
+              "discovery_breakdown": {k: breakdown.get(k) for k in ("embed", "discover", "caption")},
+              "note": "whole-process wall time (incl. start-up), min over repeats; discovery after every epoch"}
+    write("perf_callback", result, [
+        ["measure", "value", "target"],
+        ["fit without discovery", f"{t_without:.1f} s", "-"],
+        [f"fit with discovery ({rounds} rounds)", f"{t_with:.1f} s", "-"],
+        ["overhead", f"{result['overhead_fraction']:.1%}", "<= 5%"],
+    ], args.quick)
+
+
+if __name__ == "__main__":
+    main()

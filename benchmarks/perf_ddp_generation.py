@@ -1,0 +1,74 @@
+"""Generation sharded over processes: 2 processes x 1 thread (each a disjoint half) vs 1 process x 2 threads.
+
+    python -m benchmarks.perf_ddp_generation            # 128 world images
+    python -m benchmarks.perf_ddp_generation --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from .common import machine, write
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _work(rank: int, world: int, n: int, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    from blindspot.generation.backends import DiffusersText2Image
+    from blindspot.world.spec import caption
+
+    backend = DiffusersText2Image(str(ROOT / "weights" / "world_diffusion"), height=32, width=32, progress=False)
+    _ = backend.pipe
+    prompts = [caption("star", "grass")] * n
+    seeds = list(range(n))[rank::world]
+    queue.put(("ready", rank, time.time()))
+    start = time.time()
+    images = backend.generate(prompts[rank::world], seeds).images
+    queue.put(("done", rank, start, time.time(), images.shape[0], float(images.sum())))
+
+
+def run(world: int, n: int, threads: int) -> dict:
+    """Spawn `world` processes that each generate their shard; time from the first start to the last finish."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_work, args=(r, world, n, threads, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    msgs = [queue.get() for _ in range(2 * world)]
+    for p in procs:
+        p.join()
+    done = [m for m in msgs if m[0] == "done"]
+    start, end = min(m[2] for m in done), max(m[3] for m in done)
+    return {"processes": world, "threads_each": threads, "images": sum(m[4] for m in done),
+            "seconds": end - start, "images_per_s": sum(m[4] for m in done) / (end - start),
+            "checksum": sum(m[5] for m in done)}
+
+
+def main() -> None:
+    """Measure and write results/perf_ddp_generation.{json,md}."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    n = 16 if args.quick else 128
+    one = run(1, n, 2)
+    two = run(2, n, 1)
+    result = {"machine": machine(2), "quick": args.quick, "one_process": one, "two_processes": two,
+              "speedup_2proc_vs_1proc": two["images_per_s"] / one["images_per_s"],
+              "same_images": abs(one["checksum"] - two["checksum"]) < 1e-2 * abs(one["checksum"]),
+              "note": "same total threads (2); per-image seeds make the union of shards equal the single run"}
+    write("perf_ddp_generation", result, [
+        ["setup", "images/s", "seconds"],
+        ["1 process x 2 threads", f"{one['images_per_s']:.2f}", f"{one['seconds']:.1f}"],
+        ["2 processes x 1 thread (sharded)", f"{two['images_per_s']:.2f}", f"{two['seconds']:.1f}"],
+        ["speed-up", f"{result['speedup_2proc_vs_1proc']:.2f}x", ""],
+    ], args.quick)
+
+
+if __name__ == "__main__":
+    main()

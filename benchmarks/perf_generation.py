@@ -1,0 +1,120 @@
+"""Generation throughput: Blindspot's backend vs the raw diffusers pipeline it wraps, and the fast path
+(few-step DPM-Solver++) vs the pipeline's defaults, with the oracle checking that quality holds.
+
+    python -m benchmarks.perf_generation            # world model + a tiny SD-architecture pipeline
+    python -m benchmarks.perf_generation --quick    # CI smoke run
+    python -m benchmarks.perf_generation --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from blindspot.generation.backends import DiffusersText2Image
+from blindspot.world.oracle import load_or_train_oracle
+from blindspot.world.spec import WorldSpec, caption
+
+from .common import interleaved, machine, write
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def raw_call(pipe, prompts: list[str], steps: int, guidance: float, size: int):
+    """The raw diffusers call a user would write (one seeded generator for the batch)."""
+    with torch.inference_mode():
+        return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                    generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+
+def wrapper_ratio(model: str, n: int, steps: int, guidance: float, size: int, device: str, repeats: int) -> dict:
+    """images/s through DiffusersText2Image divided by images/s of the raw pipeline (same weights/settings)."""
+    backend = DiffusersText2Image(model, device=device, num_inference_steps=steps, guidance_scale=guidance,
+                                  height=size, width=size, batch_size=n, progress=False)
+    pipe = backend.pipe  # the very same pipeline object: only the wrapper differs
+    prompts = [caption("star", "grass")] * n
+    t = interleaved({"raw": lambda: raw_call(pipe, prompts, steps, guidance, size),
+                     "blindspot": lambda: backend.generate(prompts, list(range(n)))}, repeats=repeats)
+    return {"images": n, "steps": steps, "seconds_raw": t["raw"], "seconds_blindspot": t["blindspot"],
+            "images_per_s": n / t["blindspot"], "ratio_vs_raw": t["raw"] / t["blindspot"]}
+
+
+def agreement(backend: DiffusersText2Image, oracle, spec: WorldSpec, per_pair: int) -> float:
+    """Share of images whose oracle class and background both match the prompt."""
+    prompts, truth = [], []
+    for ci, c in enumerate(spec.classes):
+        for bi, b in enumerate(spec.backgrounds):
+            prompts += [caption(c, b)] * per_pair
+            truth += [(ci, bi)] * per_pair
+    images = backend.generate(prompts, list(range(len(prompts)))).images
+    pred = oracle.predict((images.clamp(0, 1) * 255).round().to(torch.uint8))
+    t = torch.tensor(truth)
+    return float(((pred["class"] == t[:, 0]) & (pred["background"] == t[:, 1])).float().mean())
+
+
+def fast_vs_default(model: str, oracle, spec: WorldSpec, device: str, per_pair: int, n_time: int) -> dict:
+    """The shipped fast path (20 DPM-Solver++ steps) against the pipeline's own defaults (50 steps)."""
+    fast = DiffusersText2Image(model, device=device, num_inference_steps=20, guidance_scale=3.0, height=32, width=32,
+                               batch_size=64, progress=False)
+    default = DiffusersText2Image(model, device=device, num_inference_steps=50, guidance_scale=3.0, height=32,
+                                  width=32, batch_size=64, progress=False)
+    prompts = [caption("star", "grass")] * n_time
+    t = interleaved({"fast": lambda: fast.generate(prompts, list(range(n_time))),
+                     "default": lambda: default.generate(prompts, list(range(n_time)))}, repeats=2)
+    a_fast, a_default = agreement(fast, oracle, spec, per_pair), agreement(default, oracle, spec, per_pair)
+    return {"seconds_fast": t["fast"], "seconds_default": t["default"], "speedup_fast_vs_default":
+            t["default"] / t["fast"], "oracle_agreement_fast": a_fast, "oracle_agreement_default": a_default,
+            "agreement_drop": a_default - a_fast, "fast": "20 steps DPM-Solver++(2M), batch 64",
+            "default": "50 steps (StableDiffusionPipeline default), same sampler, batch 64"}
+
+
+def tiny_sd(folder: Path) -> str:
+    """A Stable-Diffusion-architecture pipeline with random weights, built from configs (no download)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from tests.tiny_models import make_tiny_sd_pipeline  # the same builder the tests use
+
+    return str(make_tiny_sd_pipeline(folder))
+
+
+def main() -> None:
+    """Measure and write results/perf_generation.{json,md}."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    spec = WorldSpec()
+    world = str(ROOT / "weights" / "world_diffusion")
+    n = 8 if args.quick else 64
+    result = {"machine": machine(args.threads), "quick": args.quick}
+    result["world"] = wrapper_ratio(world, n, 20, 3.0, 32, args.device, repeats=1 if args.quick else 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        result["tiny_sd"] = wrapper_ratio(tiny_sd(Path(tmp)), n, 10, 7.5, 64, args.device,
+                                          repeats=1 if args.quick else 3)
+    oracle = load_or_train_oracle(ROOT / ".cache" / "oracle", spec, steps=1500)
+    result["fast_path"] = fast_vs_default(world, oracle, spec, args.device, per_pair=1 if args.quick else 8,
+                                          n_time=8 if args.quick else 64)
+    result["ratio_vs_raw"] = min(result["world"]["ratio_vs_raw"], result["tiny_sd"]["ratio_vs_raw"])
+    result["speedup_fast_vs_default"] = result["fast_path"]["speedup_fast_vs_default"]
+    result["agreement_drop"] = result["fast_path"]["agreement_drop"]
+    result["images_per_s"] = result["world"]["images_per_s"]
+    f = result["fast_path"]
+    write("perf_generation", result, [
+        ["measure", "value", "target"],
+        ["world: Blindspot / raw diffusers images/s", f"{result['world']['ratio_vs_raw']:.3f}", ">= 0.97"],
+        ["tiny SD: Blindspot / raw diffusers images/s", f"{result['tiny_sd']['ratio_vs_raw']:.3f}", ">= 0.97"],
+        ["world images/s (20 steps, batch 64)", f"{result['images_per_s']:.2f}", "-"],
+        ["fast path speed-up vs defaults", f"{f['speedup_fast_vs_default']:.2f}x", ">= 1.5x"],
+        ["oracle agreement default / fast", f"{f['oracle_agreement_default']:.1%} / {f['oracle_agreement_fast']:.1%}",
+         "drop <= 2 pts"],
+    ], args.quick)
+
+
+if __name__ == "__main__":
+    main()

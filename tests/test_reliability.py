@@ -1,0 +1,192 @@
+"""Crash safety and clear errors: kill mid-generation and resume (nothing lost or made twice), exact resume
+after a round, SIGTERM, generation faults, DDP faults, and bad input named before any long work starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from blindspot.images import load_image
+from tests.helpers import TINY_WORLD, pool_of
+from tests.tiny_models import make_tiny_clip, make_tiny_world_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET = 24
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_models")
+    clip_name = make_tiny_clip(root / "clip")
+    return clip_name, make_tiny_world_pipeline(root / "world", clip_name)
+
+
+def headline(tiny_models, run_dir, steps=24, extra=()):
+    clip_name, pipe = tiny_models
+    return [*TINY_WORLD, "+augment=failure_diffusion", "data.val_per_group=6", "trainer.max_epochs=2", "test=false",
+            f"clip.name={clip_name}", "clip.pretrained=null", f"generator.model={pipe}",
+            f"generator.num_inference_steps={steps}", "generator.progress=false",
+            "callbacks.failure_discovery.start_epoch=1", "callbacks.failure_discovery.max_rounds=1",
+            "augment.methods.directions.min_support=3", "augment.methods.directions.min_error_gap=0.0",
+            f"callbacks.diffusion_augmentation.images_per_round={BUDGET}",
+            "callbacks.diffusion_augmentation.batch_size=2", f"hydra.run.dir={run_dir}", *extra]
+
+
+def start(args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def records(run_dir: Path) -> list[dict]:
+    out = []
+    for p in (run_dir / "generated").glob("manifest-rank*.jsonl"):
+        out += [json.loads(line) for line in p.read_text().split("\n")[:-1] if line]
+    return out
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def test_kill_during_generation_then_resume_loses_and_repeats_nothing(tiny_models, tmp_path):
+    reference = tmp_path / "reference"
+    finish(start(headline(tiny_models, reference)))
+    expected = pool_of(reference / "checkpoints" / "last.ckpt")
+    assert len(records(reference)) == BUDGET and expected
+    for name, kill_at in (("early", 2), ("middle", BUDGET // 2), ("end", BUDGET)):
+        run = tmp_path / name
+        proc = start(headline(tiny_models, run))
+        deadline = time.time() + 300
+        while proc.poll() is None and len(records(run)) < kill_at and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        written = len(records(run))
+        assert written >= min(kill_at, 1), f"{name}: killed before any image was recorded"
+        finish(start(headline(tiny_models, run, extra=[f"resume={run}"])))
+        recs = records(run)
+        assert len(recs) == BUDGET, f"{name}: the round must end with exactly the configured count"
+        assert len({(r["mode_id"], r["seed"]) for r in recs}) == BUDGET, f"{name}: an image was made twice"
+        for r in recs:
+            assert load_image(r["path"]).shape == (3, 32, 32)
+        images = {p.name for p in (run / "generated" / "round_0" / "images").iterdir()}
+        assert images == {Path(r["path"]).name for r in recs}, f"{name}: orphan files left behind"
+        assert pool_of(run / "checkpoints" / "last.ckpt") == expected, f"{name}: the pool differs from a clean run"
+
+
+def test_resume_after_a_round_restores_modes_pool_counters_and_continues(compose_cfg, tmp_path, tiny_models):
+    from train import run
+
+    def cfg(out, extra):
+        over = headline(tiny_models, out, steps=2)[:-1] + ["trainer.max_epochs=3",
+                                                           "callbacks.failure_discovery.max_rounds=2",
+                                                           "callbacks.failure_discovery.every_n_epochs=1", *extra]
+        return compose_cfg([o for o in over if not o.startswith("hydra.")], output_dir=out)
+
+    run(cfg(tmp_path / "full", []))
+    run(cfg(tmp_path / "half", ["+trainer.max_steps=24"]))  # stops after epoch 2 (round 0 done, round 1 done)
+    half = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=False)
+    state = next(v for k, v in half["callbacks"].items() if "FailureDiscovery" in k)
+    assert len(state["rounds"]) == 2 and half["WorldDataModule"]["synthetic"]
+    aug = next(v for k, v in half["callbacks"].items() if "DiffusionAugmentation" in k)
+    assert set(aug["stats"]) == {"0", "1"} and aug["stats"]["0"]["recorded"] == BUDGET
+    run(cfg(tmp_path / "half", [f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"]))
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=False)
+    rounds = lambda c: [[m["mode_id"] for m in r["modes"]] for r in  # noqa: E731
+                        next(v for k, v in c["callbacks"].items() if "FailureDiscovery" in k)["rounds"]]
+    assert rounds(a) == rounds(b)
+    assert [Path(r["path"]).name for r in a["WorldDataModule"]["synthetic"]] == \
+        [Path(r["path"]).name for r in b["WorldDataModule"]["synthetic"]]
+    for k, v in a["state_dict"].items():
+        assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-5), k
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    proc = start([*TINY_WORLD, "trainer.max_epochs=30", "test=false", f"hydra.run.dir={run}"])
+    deadline = time.time() + 300
+    while proc.poll() is None and not (run / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=300)
+    assert (run / "checkpoints" / "on_exception.ckpt").is_file()
+    finish(start([*TINY_WORLD, "trainer.max_epochs=3", "test=false", f"resume={run}"]))
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+
+
+def test_generation_failing_on_one_ddp_rank_stops_every_rank(tiny_models, tmp_path):
+    args = headline(tiny_models, tmp_path / "ddp", steps=2) + [
+        "trainer=ddp", "trainer.devices=2", "generator._target_=tests.helpers.failing_backend",
+        "+generator.fail_rank=1", "trainer.strategy.timeout.minutes=2"]
+    proc = start(args)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert "generation failed on at least one rank" in err and "simulated generator crash on rank 1" in err
+
+
+def test_ddp_shards_generation_and_every_rank_trains_on_the_same_pool(tiny_models, tmp_path):
+    run = tmp_path / "ddp"
+    finish(start(headline(tiny_models, run, steps=2) + [
+        "trainer=ddp", "trainer.devices=2", "+callbacks.dump._target_=tests.helpers.DumpPool",
+        f"+callbacks.dump.output_dir={run / 'pools'}"]))
+    recs = records(run)
+    assert len(recs) == BUDGET and len({r["id"] for r in recs}) == BUDGET
+    assert {r["rank"] for r in recs} == {0, 1}  # both ranks generated, disjoint items
+    pools = [json.loads((run / "pools" / f"pool_rank{r}.json").read_text()) for r in (0, 1)]
+    assert pools[0] == pools[1] and len(pools[0]) == sum(r["kept"] for r in recs)
+    assert len(list(run.rglob("report.json"))) == 1  # exactly one report
+
+
+@pytest.mark.parametrize("override,match", [
+    (["clip.pretrained=/nonexistent/clip.safetensors"], "clip.pretrained"),
+    (["generator.model=/nonexistent/pipeline"], "generator.model"),
+    (["model.backbone=resnet_does_not_exist"], "unknown timm model"),
+    (["augment.captioner.vocabulary._target_=blindspot.captioning.load_vocabulary",
+      "~augment.captioner.vocabulary.backgrounds", "~augment.captioner.vocabulary.colors",
+      "~augment.captioner.vocabulary.sizes", "+augment.captioner.vocabulary.path=/nonexistent/vocab.yaml"],
+     "augment.captioner.vocabulary.path"),
+    (["data.planted=[{cls: dragon, attribute: background, value: grass, rate: 0.1}]"], "dragon"),
+    (["callbacks.diffusion_augmentation.images_per_round=0"], "budget"),
+    (["callbacks.diffusion_augmentation.output_dir=/proc/version/generated"], "cannot write"),
+])
+def test_bad_input_is_named_before_training(compose_cfg, tiny_models, tmp_path, override, match):
+    from train import run
+
+    base = [o for o in headline(tiny_models, tmp_path, steps=2) if not o.startswith("hydra.")]
+    with pytest.raises(Exception, match=match):
+        run(compose_cfg(base + override))
+
+
+def test_corrupt_weights_are_named(tmp_path, tiny_models):
+    from blindspot.clip import WeightsNotFoundError, load_clip
+    from blindspot.generation.backends import DiffusersText2Image
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsNotFoundError, match="corrupt"):
+        load_clip("blindspot-world-clip", pretrained=str(bad))
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(tiny_models[1], pipe)
+    (pipe / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(WeightsNotFoundError, match="corrupt"):
+        DiffusersText2Image(str(pipe)).load()
+
+
+def test_nan_loss_stops_with_the_step_and_batch_named(compose_cfg):
+    from train import run
+
+    with pytest.raises(FloatingPointError, match=r"global step \d+ .*batch \d+"):
+        run(compose_cfg([*TINY_WORLD, "model.optimizer.lr=1e30"]))
