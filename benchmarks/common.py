@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
 
 
 def machine(threads: int | None = None) -> dict:

@@ -143,7 +143,7 @@ def main() -> None:
     runs = {m: [run_one(m, s, out / m / f"seed{s}", args.quick) for s in seeds] for m in methods}
     summary = summarise(runs)
     stem = "compare_quick" if args.quick else "compare"
-    results = ROOT / "benchmarks" / "results"
+    results = Path(os.environ.get("BLINDSPOT_RESULTS", ROOT / "benchmarks" / "results"))
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = table(summary) + f"\n\nSweep wall time (this invocation): {(time.time() - start) / 60:.1f} min; " \

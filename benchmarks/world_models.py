@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from blindspot.world.spec import WorldSpec, caption
 from blindspot.world.training import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", ROOT / "benchmarks" / "results"))
 FLOORS = {"clip_class_acc": 0.95, "clip_background_acc": 0.95, "clip_color_acc": 0.90, "clip_retrieval_r1": 0.60,
           "gen_class_agreement_min_pair": 0.85, "gen_background_agreement_min_pair": 0.90}
 

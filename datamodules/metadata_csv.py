@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .image_folder import SPLITS, FileDataModule, Sample
+from .files import SPLITS, FileDataModule, Sample
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from blindspot.images import UnreadableImageError
-from datamodules.image_folder import ImageFolderDataModule, stratified_split
+from datamodules.files import stratified_split
+from datamodules.image_folder import ImageFolderDataModule
 from datamodules.metadata_csv import MetadataCSVDataModule
 
 SIZE = 12  # image_size the tests ask for (the files themselves are 8x8 or 10x6)

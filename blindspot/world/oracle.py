@@ -100,9 +100,26 @@ def train_oracle(spec: WorldSpec = WorldSpec(), steps: int = 1500, batch_size: i
     return model.eval()
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "weights" / "world_oracle" / "oracle.safetensors"
+
+
+def load_oracle(path: str | Path = SHIPPED, spec: WorldSpec = WorldSpec()) -> Oracle:
+    """The shipped oracle (train it with `python -m blindspot.world.oracle`)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no oracle weights at {path}: train them with `python -m blindspot.world.oracle`")
+    model = Oracle(spec)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
 def load_or_train_oracle(cache_dir: str | Path, spec: WorldSpec = WorldSpec(), steps: int = 1500, seed: int = 0,
                          progress: bool = True) -> Oracle:
-    """The oracle from the cache, trained (and cached) on first use."""
+    """The shipped oracle when it exists, else one trained (and cached) on first use."""
+    if SHIPPED.is_file() and spec == WorldSpec():
+        return load_oracle(SHIPPED, spec)
     key = hashlib.sha256(repr((spec, steps, seed)).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"oracle-{key}.pt"
     model = Oracle(spec)
@@ -122,3 +139,30 @@ def oracle_accuracy(model: Oracle, spec: WorldSpec, n: int = 2000, seed: int = 1
     truth = dict(zip(HEADS, (b.classes, b.backgrounds, b.colors, b.sizes)))
     return {k: float((pred[k] == truth[k]).float().mean()) for k in HEADS}
 
+
+
+def main() -> None:
+    """Train the oracle and ship it to weights/world_oracle/ (with how it was made)."""
+    import argparse
+    import time
+
+    from safetensors.torch import save_file
+
+    from .training import write_provenance
+
+    p = argparse.ArgumentParser(description="train the world oracle (evaluation only)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    start, cpu = time.time(), time.process_time()
+    model = train_oracle(WorldSpec(), steps=args.steps)
+    SHIPPED.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(SHIPPED))
+    write_provenance(SHIPPED.parent, steps=args.steps, wall_minutes=round((time.time() - start) / 60, 2),
+                     cpu_minutes=round((time.process_time() - cpu) / 60, 2),
+                     clean_accuracy=oracle_accuracy(model, WorldSpec(), n=3000))
+
+
+if __name__ == "__main__":
+    main()
