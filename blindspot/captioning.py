@@ -35,7 +35,7 @@ class Vocabulary:
     def __post_init__(self):
         if not self.attributes or not any(self.attributes.values()):
             raise ValueError("the captioning vocabulary is empty: give at least one attribute with phrases "
-                             "(augment.captioner.vocabulary, or the file at augment.captioner.vocabulary.path)")
+                             "(the file at vocabulary.path, or the vocabulary config group)")
         for t in self.templates:
             if "{cls}" not in t or "{attr}" not in t:
                 raise ValueError(f"caption template {t!r} needs both {{cls}} and {{attr}}")
@@ -55,7 +55,7 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
     """A vocabulary from YAML (attributes/templates keys) or a text file (one attribute phrase per line)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"vocabulary file {path} not found: set augment.captioner.vocabulary.path to an "
+        raise FileNotFoundError(f"vocabulary file {path} not found: set vocabulary.path (with vocabulary=file) to an "
                                 "existing YAML (attributes: {name: [phrases]}, templates: [...]) or text file")
     if path.suffix in (".yaml", ".yml"):
         import yaml
@@ -74,6 +74,9 @@ def world_vocabulary(backgrounds: Sequence[str], colors: Sequence[str], sizes: S
     """The built-in world's vocabulary: its backgrounds, colours and sizes, worded as its captions are."""
     from .world.spec import BACKGROUND_PHRASES
 
+    if not (backgrounds or colors or sizes):
+        raise ValueError("vocabulary=world needs the built-in world's data (data=world); for other data give your "
+                         "own words: vocabulary=file vocabulary.path=<yaml or text file>")
     return Vocabulary(
         attributes={"background": [BACKGROUND_PHRASES[b] for b in backgrounds], "color": list(colors),
                     "size": list(sizes)},

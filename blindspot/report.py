@@ -236,7 +236,8 @@ Block = Union[Heading, Para, Facts, Table, Gallery]
 def build_blocks(report: Mapping[str, Any]) -> list[Block]:
     """The report's content, in order, as renderer-independent blocks."""
     blocks: list[Block] = [Heading(1, _title(report))]
-    for section in (_headline, _discovery, _rounds, _mode_accuracy, _groups, _timeline, _breakdown, _settings):
+    for section in (_headline, _discovery, _rounds, _method_details, _mode_accuracy, _groups, _timeline, _breakdown,
+                    _settings):
         blocks += section(report)
     return blocks
 
@@ -470,6 +471,17 @@ def _breakdown(report: Mapping[str, Any]) -> list[Block]:
     if _num(report.get("wall_seconds")) is not None:
         rows.append(["wall clock", fmt_seconds(report.get("wall_seconds")), ""])
     return [Heading(2, "Time breakdown"), Table(["Stage", "Time", "Share"], rows)]
+
+
+def _method_details(report: Mapping[str, Any]) -> list[Block]:
+    """What a baseline method did (report['extra']: e.g. the JTT error set, the DFR head's C)."""
+    blocks: list[Block] = []
+    for name, facts in _dict(report.get("extra")).items():
+        rows = [[_text(k), _text(v if not isinstance(v, float) else f"{v:.4g}")] for k, v in _dict(facts).items()
+                if not isinstance(v, (list, dict))]
+        if rows:
+            blocks += [Heading(2, f"Method details: {name}"), Table(["Fact", "Value"], rows)]
+    return blocks
 
 
 def _settings(report: Mapping[str, Any]) -> list[Block]:

@@ -11,14 +11,14 @@ from typing import Sequence
 
 import torch
 
-from blindspot.discovery.scoring import (ClassBatch, binomial_z, check_common_knobs, check_inputs, class_batches,
-                                         name_list, rank_modes, summarize)
+from blindspot.discovery.scoring import (binomial_z, check_common_knobs, check_inputs, class_batches, ClassBatch,
+                                         Discovery, error_counts, name_list, rank_modes, summarize)
 from blindspot.modes import FailureMode
 
 log = logging.getLogger(__name__)
 
 
-class ErrorClusters:
+class ErrorClusters(Discovery):
     """Blind spots as error-heavy clusters of each class's CLIP embeddings (Domino-style, Eyuboglu et al. 2022)."""
 
     name = "clusters"
@@ -50,9 +50,7 @@ class ErrorClusters:
             raise ValueError(f"n_init and max_iter must be ints >= 1, got {n_init!r} and {max_iter!r}")
         if max_modes_per_class is not None and (not isinstance(max_modes_per_class, int) or max_modes_per_class < 1):
             raise ValueError(f"max_modes_per_class must be None or an int >= 1, got {max_modes_per_class!r}")
-        check_common_knobs(min_support, min_error_gap, min_errors, max_modes)
-        if max_batch_bytes < 2**20:
-            raise ValueError(f"max_batch_bytes must be >= 1 MiB, got {max_batch_bytes!r}")
+        check_common_knobs(min_support, min_error_gap, min_errors, max_modes, max_batch_bytes)
         self.n_clusters = n_clusters
         self.error_weight = float(error_weight)
         self.n_init = n_init
@@ -66,12 +64,6 @@ class ErrorClusters:
         self.seed = seed
         self.modes_: list[FailureMode] = []
 
-    def __call__(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, class_names: Sequence[str]
-    ) -> list[FailureMode]:
-        """Cluster every eligible class and return the failure modes ranked by score."""
-        return self.fit(embeddings, labels, preds, class_names).modes_
-
     def fit(
         self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, class_names: Sequence[str]
     ) -> "ErrorClusters":
@@ -79,8 +71,7 @@ class ErrorClusters:
         x, labels, preds = check_inputs(embeddings, labels, preds, class_names)
         wrong = labels != preds
         n_cls = len(class_names)
-        counts = torch.bincount(labels, minlength=n_cls)
-        errors = torch.bincount(labels, weights=wrong.float(), minlength=n_cls).long()
+        counts, errors = error_counts(labels, wrong, n_cls)
         eligible = (errors >= self.min_errors) & (errors < counts) & (counts > self.min_support)
         skipped = [class_names[c] for c in torch.nonzero((counts > 0) & ~eligible).flatten().tolist()]
         if skipped:

@@ -16,8 +16,8 @@ from typing import Sequence
 
 import torch
 
-from blindspot.discovery.scoring import (ClassBatch, best_prefix, check_common_knobs, check_inputs, class_batches,
-                                         name_list, rank_modes, summarize)
+from blindspot.discovery.scoring import (best_prefix, check_common_knobs, check_inputs, class_batches, ClassBatch,
+                                         Discovery, error_counts, name_list, rank_modes, summarize)
 from blindspot.discovery.svm import linear_svm
 from blindspot.modes import FailureMode
 
@@ -39,7 +39,7 @@ class ClassDirection:
     n_errors: int
 
 
-class FailureDirections:
+class FailureDirections(Discovery):
     """Blind spots as per-class SVM failure directions in CLIP space (Jain et al. 2022); one mode per class."""
 
     name = "directions"
@@ -98,20 +98,13 @@ class FailureDirections:
         self.directions_: dict[int, ClassDirection] = {}
         self.modes_: list[FailureMode] = []
 
-    def __call__(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, class_names: Sequence[str]
-    ) -> list[FailureMode]:
-        """Fit the directions and return the failure modes ranked by score."""
-        return self.fit(embeddings, labels, preds, class_names).modes_
-
     def fit(
         self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, class_names: Sequence[str]
     ) -> "FailureDirections":
         """Fit one failure direction per eligible class; sets `directions_` and `modes_`."""
         x, labels, preds = check_inputs(embeddings, labels, preds, class_names)
         wrong = labels != preds
-        counts = torch.bincount(labels, minlength=len(class_names))
-        errors = torch.bincount(labels, weights=wrong.float(), minlength=len(class_names)).long()
+        counts, errors = error_counts(labels, wrong, len(class_names))
         eligible = (errors >= self.min_errors) & (counts - errors >= self.min_errors)
         skipped = [class_names[c] for c in torch.nonzero((counts > 0) & ~eligible).flatten().tolist()]
         if skipped:

@@ -122,8 +122,33 @@ def rank_modes(modes: list[FailureMode], max_modes_per_class: int | None, max_mo
     return kept
 
 
-def check_common_knobs(min_support: int, min_error_gap: float, min_errors: int, max_modes: int | None) -> None:
+class Discovery:
+    """What every discovery method shares: `fit(...)` sets `modes_`; calling the method returns them."""
+
+    name = ""
+    modes_: list[FailureMode]
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+                 class_names: Sequence[str]) -> list[FailureMode]:
+        """Failure modes ranked by score: one signature for every method."""
+        return self.fit(embeddings, labels, preds, class_names).modes_
+
+    def fit(self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+            class_names: Sequence[str]) -> "Discovery":
+        raise NotImplementedError
+
+
+def error_counts(labels: torch.Tensor, wrong: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples and errors per class."""
+    counts = torch.bincount(labels, minlength=n_classes)
+    return counts, torch.bincount(labels, weights=wrong.float(), minlength=n_classes).long()
+
+
+def check_common_knobs(min_support: int, min_error_gap: float, min_errors: int, max_modes: int | None,
+                       max_batch_bytes: int = 2**30) -> None:
     """Raise ValueError naming the knob when a shared discovery setting is out of range."""
+    if max_batch_bytes < 2**20:
+        raise ValueError(f"max_batch_bytes must be >= 1 MiB, got {max_batch_bytes!r}")
     if not isinstance(min_support, int) or min_support < 1:
         raise ValueError(f"min_support must be an int >= 1 (minimum slice size), got {min_support!r}")
     if not 0.0 <= min_error_gap < 1.0:
