@@ -26,6 +26,7 @@ def run_benchmark(module: str, out: Path, *args: str, timeout: int = 900) -> Non
     ("perf_generation", ["ratio_vs_raw", "speedup_fast_vs_default", "agreement_drop", "images_per_s"]),
     ("perf_callback", ["overhead_fraction"]),
     ("perf_ddp_generation", ["speedup_2proc_vs_1proc"]),
+    ("perf_e2e", ["cpu_seconds"]),
     ("world_models", ["clip_class_acc", "clip_background_acc", "clip_color_acc", "clip_retrieval_r1",
                       "gen_class_agreement_min_pair", "gen_background_agreement_min_pair"]),
 ])

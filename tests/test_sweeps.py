@@ -33,3 +33,15 @@ def test_optuna_search_runs_two_trials(tmp_path):
     results = list(tmp_path.rglob("optimization_results.yaml"))
     assert len(results) == 1 and "best_value" in results[0].read_text()
     assert len(list(tmp_path.rglob("report.json"))) == 2
+
+
+@pytest.mark.parametrize("launcher,target", [("local", "BasicLauncher"), ("slurm", "SlurmLauncher")])
+def test_launcher_configs_compose(launcher, target):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "train.py", f"hydra/launcher={launcher}", "--cfg", "hydra",
+                           "--package", "hydra.launcher"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert target in proc.stdout
+    if launcher == "slurm":
+        assert "timeout_min: 240" in proc.stdout and "signal_delay_s: 120" in proc.stdout

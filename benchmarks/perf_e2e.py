@@ -1,0 +1,56 @@
+"""End to end: the headline run on the default world, timed, with the report's breakdown of where time went.
+
+    python -m benchmarks.perf_e2e             # python train.py +augment=failure_diffusion (defaults)
+    python -m benchmarks.perf_e2e --quick     # a 2-epoch miniature (CI smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import machine, write
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["data.train_per_class=100", "data.val_per_group=6", "trainer.max_epochs=2",
+         "callbacks.failure_discovery.start_epoch=1", "callbacks.diffusion_augmentation.images_per_round=16",
+         "augment.methods.directions.min_support=3", "augment.methods.directions.min_error_gap=0.0"]
+
+
+def main() -> None:
+    """Run the headline job once and write results/perf_e2e.{json,md}."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        cmd = [sys.executable, "train.py", "+augment=failure_diffusion", "logger=none", f"hydra.run.dir={run}",
+               *(QUICK if args.quick else [])]
+        start, cpu = time.perf_counter(), os.times()
+        proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                              text=True)
+        wall = time.perf_counter() - start
+        end = os.times()
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        report = json.loads((run / "report" / "report.json").read_text())
+    child_cpu = (end.children_user - cpu.children_user) + (end.children_system - cpu.children_system)
+    breakdown = {k: round(v, 1) for k, v in report.get("breakdown", {}).items()}
+    breakdown["other (start-up, validation, report)"] = round(wall - sum(breakdown.values()), 1)
+    result = {"machine": machine(), "quick": args.quick, "command": " ".join(cmd[1:]), "cpu_seconds": wall,
+              "process_cpu_seconds": child_cpu, "breakdown": breakdown,
+              "test": {k: report["metrics"]["test"].get(k) for k in ("avg_acc", "worst_group_acc")},
+              "note": "cpu_seconds is the wall time of the whole run on this CPU-only machine (the issue's name)"}
+    rows = [["stage", "seconds", "share"]] + [[k, f"{v:.1f}", f"{v / wall:.0%}"] for k, v in breakdown.items()]
+    rows.append(["total (wall)", f"{wall:.1f}", "100%"])
+    write("perf_e2e", result, rows, args.quick)
+
+
+if __name__ == "__main__":
+    main()
