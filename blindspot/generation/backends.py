@@ -86,6 +86,12 @@ class DiffusersText2Image:
         if local.exists() and not (local / "model_index.json").is_file():
             raise WeightsNotFoundError(f"{local} has no model_index.json: it is not a diffusers pipeline folder "
                                        f"(set {self.config_key} to a folder saved with `save_pretrained`)")
+        if self.model.startswith(("/", ".", "~")) and not local.exists():
+            raise WeightsNotFoundError(
+                f"{self.config_key}={self.model!r} does not exist. Point it at a diffusers pipeline folder (saved with "
+                "`save_pretrained`, or a Hugging Face snapshot), or use a hub id already in the local cache. The "
+                "built-in world's model ships in weights/world_diffusion (`python -m blindspot.world.train_diffusion` "
+                "rebuilds it).")
         try:
             pipe = AutoPipelineForText2Image.from_pretrained(self.model, dtype=self.dtype,
                                                              local_files_only=True)

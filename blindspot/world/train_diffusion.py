@@ -75,6 +75,23 @@ def sample_grid(pipe, spec: WorldSpec, path: Path, steps: int, guidance: float, 
     save_image(F.interpolate(grid[None], scale_factor=3, mode="nearest")[0], path)
 
 
+def warm_start(unet, folder: Path) -> None:
+    """Copy the weights a pipeline folder's UNet shares with this one (new layers keep their fresh init)."""
+    from diffusers import UNet2DConditionModel
+
+    if not (folder / "unet").is_dir():
+        raise FileNotFoundError(f"init_from={folder}: expected a diffusers pipeline folder with a unet/ inside")
+    source = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict()
+    missing, unexpected = unet.load_state_dict(source, strict=False)
+    if unexpected:
+        raise ValueError(f"init_from={folder}: its UNet has weights this config lacks: {unexpected[:5]}")
+    added = getattr(unet, "add_embedding", None)
+    if added is not None and hasattr(added, "norm2"):  # the new pathway starts silent: the warm model is unchanged
+        torch.nn.init.zeros_(added.norm2.weight)
+        torch.nn.init.zeros_(added.norm2.bias)
+    log.info("warm start from %s; freshly initialised: %s", folder, sorted({k.split('.')[0] for k in missing}))
+
+
 def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
     """Last hidden states of the text encoder, as Stable Diffusion conditions on them."""
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -91,6 +108,8 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     spec = WorldSpec(image_size=cfg.image_size)
     text_encoder, tokenizer, vae, unet, scheduler, sampler = build_components(cfg)
+    if cfg.init_from and not (Path(cfg.work_dir) / "state.pt").is_file():
+        warm_start(unet, Path(cfg.init_from))
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     work, step, history = Path(cfg.work_dir), 0, []
@@ -162,7 +181,10 @@ def train(cfg: DictConfig) -> dict:
     pipe = ema_pipeline()
     pipe.text_encoder.to(torch.float16)  # the largest part is the 49k-token embedding table: ship it in fp16
     pipe.save_pretrained(out, safe_serialization=True)
-    write_provenance(out, steps=cfg.steps, batch_size=cfg.batch_size, unet_parameters=n_params,
+    previous = Path(cfg.init_from or "") / "training.json"
+    stages = [json.loads(previous.read_text())] if cfg.init_from and previous.is_file() else []
+    write_provenance(out, steps=cfg.steps, batch_size=cfg.batch_size, unet_parameters=n_params, previous_stages=stages,
+                     total_wall_minutes=round(watch.seconds / 60 + sum(st.get("wall_minutes", 0) for st in stages), 2),
                      wall_minutes=round(watch.seconds / 60, 2), cpu_minutes=round(watch.cpu_seconds / 60, 2),
                      history=history,
                      config=OmegaConf.to_container(cfg, resolve=True))
