@@ -66,9 +66,12 @@ def sample_grid(backend: DiffusersText2Image, spec: WorldSpec, path: Path, per_c
 
 
 def training_minutes(folder: Path) -> float | None:
-    """Wall minutes recorded by a world-model training script."""
+    """Wall minutes recorded by a world-model training script (all stages when it had several)."""
     f = folder / "training.json"
-    return json.loads(f.read_text()).get("wall_minutes") if f.is_file() else None
+    if not f.is_file():
+        return None
+    record = json.loads(f.read_text())
+    return record.get("total_wall_minutes", record.get("wall_minutes"))
 
 
 def main() -> None:

@@ -43,10 +43,9 @@ class DiscoveredGroups(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         discovery = find_callback(trainer, FailureDiscovery)
-        rnd = discovery.pending if discovery else None
-        if trainer.sanity_checking or rnd is None:
+        rnd = discovery.take_pending(trainer) if discovery else None
+        if rnd is None:
             return
-        discovery.pending = None
         dm = trainer.datamodule
         result = None
         if trainer.is_global_zero:  # embed and assign once, then broadcast

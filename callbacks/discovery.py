@@ -129,6 +129,13 @@ class FailureDiscovery(Callback):
                        f"modes: " + "; ".join(f"{m.class_name}: {m.caption!r} ({m.support} samples, error "
                                               f"{m.error_rate:.0%} vs {m.class_error_rate:.0%})" for m in modes))
 
+    def take_pending(self, trainer: Trainer) -> Round | None:
+        """The round found at this validation, handed to one consumer (None during sanity checks or when none)."""
+        if trainer.sanity_checking:
+            return None
+        rnd, self.pending = self.pending, None
+        return rnd
+
     # checkpointed state -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"rounds": [r.to_dict() for r in self.rounds], "mode_accuracy": self.mode_accuracy}

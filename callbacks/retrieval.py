@@ -49,10 +49,9 @@ class PoolRetrieval(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         discovery = find_callback(trainer, FailureDiscovery)
-        rnd = discovery.pending if discovery else None
-        if trainer.sanity_checking or rnd is None:
+        rnd = discovery.take_pending(trainer) if discovery else None
+        if rnd is None:
             return
-        discovery.pending = None
         dm = trainer.datamodule
         records = None
         if trainer.is_global_zero:  # choose and write once; every rank injects the same records

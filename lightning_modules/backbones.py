@@ -45,3 +45,17 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = False, pretr
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = previous
+
+
+def small_image_stem(model: torch.nn.Module, stride: int) -> torch.nn.Module:
+    """Swap a ResNet-style stem (7x7/2 conv + 2x max-pool) for a 3x3/1 conv, keeping the pool when stride is 2."""
+    conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if not isinstance(conv, torch.nn.Conv2d) or pool is None:
+        raise ValueError(f"model.stem_stride needs a ResNet-style backbone (conv1 + maxpool); "
+                         f"{type(model).__name__} has none: set model.stem_stride=null")
+    if stride not in (1, 2):
+        raise ValueError(f"model.stem_stride must be null, 1 or 2, not {stride!r}")
+    model.conv1 = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=False)
+    if stride == 1:
+        model.maxpool = torch.nn.Identity()
+    return model

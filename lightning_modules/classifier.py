@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from blindspot.metrics import GroupAccuracy, worst_group
 
-from .backbones import create_backbone
+from .backbones import create_backbone, small_image_stem
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class ImageClassifier(LightningModule):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
         label_smoothing: float = 0.0,
+        stem_stride: int | None = None,
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -69,8 +70,9 @@ class ImageClassifier(LightningModule):
     def build_net(self) -> torch.nn.Module:
         """A freshly initialised network like `net` (same backbone, weights source and head; e.g. for JTT)."""
         hp = self.hparams
-        return create_backbone(hp.backbone, hp.num_classes, hp.pretrained, hp.pretrained_path,
-                               dict(hp.backbone_kwargs or {}))
+        net = create_backbone(hp.backbone, hp.num_classes, hp.pretrained, hp.pretrained_path,
+                              dict(hp.backbone_kwargs or {}))
+        return net if hp.get("stem_stride") is None else small_image_stem(net, hp.stem_stride)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or [0, 1] float) images -> the backbone's input."""

@@ -16,7 +16,8 @@ os.environ.setdefault("BLINDSPOT_ROOT", str(ROOT))
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# under pytest-xdist every worker gets one core's worth of threads (two workers on the 2-core CI machine)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture

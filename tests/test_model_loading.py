@@ -77,3 +77,21 @@ def test_missing_clip_weights_say_what_to_do(tmp_path):
         load_clip("ViT-B-32", pretrained=str(tmp_path / "missing.bin"))
     with pytest.raises(ValueError, match="unknown CLIP model"):
         load_clip("ViT-Nope-1", pretrained=None)
+
+
+@pytest.mark.parametrize("stride,side", [(None, 1), (2, 2), (1, 4)])
+def test_small_image_stem_keeps_more_resolution(stride, side):
+    from lightning_modules.backbones import create_backbone, small_image_stem
+
+    kwargs = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8}
+    net = create_backbone("resnet18", 6, kwargs=kwargs)
+    net = net if stride is None else small_image_stem(net, stride)
+    features = net.forward_features(torch.zeros(2, 3, 32, 32))
+    assert features.shape[-1] == side and net(torch.zeros(2, 3, 32, 32)).shape == (2, 6)
+
+
+def test_small_image_stem_names_the_knob_for_other_backbones():
+    from lightning_modules.backbones import create_backbone, small_image_stem
+
+    with pytest.raises(ValueError, match="model.stem_stride"):
+        small_image_stem(create_backbone("vit_tiny_patch16_224", 6, kwargs={"img_size": 32, "patch_size": 8}), 2)
