@@ -24,6 +24,22 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def resume_checkpoint(run_dir: str | None) -> str | None:
+    """The checkpoint to continue a run dir from; None starts it again in place (its generated images are reused)."""
+    if not run_dir:
+        return None
+    from pathlib import Path
+
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"resume={run_dir!r} is not a run directory (resume takes a run's output folder)")
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return str(last)
+    log.warning("resume: %s has no checkpoint yet (stopped during the first epoch); starting it again in place, "
+                "reusing the generated images and manifests already there", run_dir)
+    return None
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train and test one configuration; returns cfg.optimized_metric (None if it was never logged)."""
     import lightning as L
@@ -42,9 +58,7 @@ def run(cfg: DictConfig) -> float | None:
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    ckpt_path = cfg.ckpt_path
-    if cfg.resume and not ckpt_path:
-        ckpt_path = f"{cfg.resume}/checkpoints/last.ckpt"
+    ckpt_path = cfg.ckpt_path or resume_checkpoint(cfg.resume)
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     value = trainer.callback_metrics.get(cfg.optimized_metric)  # read before test() resets the metrics

@@ -25,7 +25,7 @@ METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "df
            "untargeted_diffusion", "failure_diffusion"]
 QUICK = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
          "trainer.max_epochs=2", "callbacks.failure_discovery.start_epoch=1",
-         "callbacks.diffusion_augmentation.images_per_round=8", "generator.num_inference_steps=4",
+         "callbacks.diffusion_augmentation.images_per_round=8", "generator.num_inference_steps=2",
          "augment.methods.directions.min_support=3", "augment.methods.directions.min_error_gap=0.0",
          "callbacks.jtt.identification_epochs=1", "callbacks.pool_retrieval.images_per_round=8"]
 

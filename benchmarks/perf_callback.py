@@ -36,7 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
-    common = ["data.train_per_class=100", "trainer.max_epochs=2"] if args.quick else []
+    common = ["data.train_per_class=100", "data.test_per_group=2", "trainer.max_epochs=2"] if args.quick else []
     discovery = ["+augment=failure_diffusion", "callbacks.diffusion_augmentation=null",
                  "callbacks.failure_discovery.start_epoch=1", "callbacks.failure_discovery.every_n_epochs=1",
                  "callbacks.failure_discovery.max_rounds=100"]

@@ -55,20 +55,21 @@ def agreement(backend: DiffusersText2Image, oracle, spec: WorldSpec, per_pair: i
     return float(((pred["class"] == t[:, 0]) & (pred["background"] == t[:, 1])).float().mean())
 
 
-def fast_vs_default(model: str, oracle, spec: WorldSpec, device: str, per_pair: int, n_time: int) -> dict:
+def fast_vs_default(model: str, oracle, spec: WorldSpec, device: str, per_pair: int, n_time: int,
+                    fast_steps: int = 20, default_steps: int = 50) -> dict:
     """The shipped fast path (20 DPM-Solver++ steps) against the pipeline's own defaults (50 steps)."""
-    fast = DiffusersText2Image(model, device=device, num_inference_steps=20, guidance_scale=3.0, height=32, width=32,
-                               batch_size=64, progress=False)
-    default = DiffusersText2Image(model, device=device, num_inference_steps=50, guidance_scale=3.0, height=32,
-                                  width=32, batch_size=64, progress=False)
+    fast = DiffusersText2Image(model, device=device, num_inference_steps=fast_steps, guidance_scale=3.0, height=32,
+                               width=32, batch_size=64, progress=False)
+    default = DiffusersText2Image(model, device=device, num_inference_steps=default_steps, guidance_scale=3.0,
+                                  height=32, width=32, batch_size=64, progress=False)
     prompts = [caption("star", "grass")] * n_time
     t = interleaved({"fast": lambda: fast.generate(prompts, list(range(n_time))),
                      "default": lambda: default.generate(prompts, list(range(n_time)))}, repeats=2)
     a_fast, a_default = agreement(fast, oracle, spec, per_pair), agreement(default, oracle, spec, per_pair)
     return {"seconds_fast": t["fast"], "seconds_default": t["default"], "speedup_fast_vs_default":
             t["default"] / t["fast"], "oracle_agreement_fast": a_fast, "oracle_agreement_default": a_default,
-            "agreement_drop": a_default - a_fast, "fast": "20 steps DPM-Solver++(2M), batch 64",
-            "default": "50 steps (StableDiffusionPipeline default), same sampler, batch 64"}
+            "agreement_drop": a_default - a_fast, "fast": f"{fast_steps} steps DPM-Solver++(2M), batch 64",
+            "default": f"{default_steps} steps (StableDiffusionPipeline default: 50), same sampler, batch 64"}
 
 
 def tiny_sd(folder: Path) -> str:
@@ -91,15 +92,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     spec = WorldSpec()
     world = str(ROOT / "weights" / "world_diffusion")
-    n = 8 if args.quick else 64
+    n = 4 if args.quick else 64
+    steps = (2, 5) if args.quick else (20, 50)  # quick: a plumbing check, not the numbers
     result = {"machine": machine(args.threads), "quick": args.quick}
-    result["world"] = wrapper_ratio(world, n, 20, 3.0, 32, args.device, repeats=1 if args.quick else 3)
+    result["world"] = wrapper_ratio(world, n, steps[0], 3.0, 32, args.device, repeats=1 if args.quick else 3)
     with tempfile.TemporaryDirectory() as tmp:
-        result["tiny_sd"] = wrapper_ratio(tiny_sd(Path(tmp)), n, 10, 7.5, 64, args.device,
+        result["tiny_sd"] = wrapper_ratio(tiny_sd(Path(tmp)), n, 2 if args.quick else 10, 7.5, 64, args.device,
                                           repeats=1 if args.quick else 3)
     oracle = load_or_train_oracle(ROOT / ".cache" / "oracle", spec, steps=1500)
     result["fast_path"] = fast_vs_default(world, oracle, spec, args.device, per_pair=1 if args.quick else 8,
-                                          n_time=8 if args.quick else 64)
+                                          n_time=4 if args.quick else 64, fast_steps=steps[0], default_steps=steps[1])
     result["ratio_vs_raw"] = min(result["world"]["ratio_vs_raw"], result["tiny_sd"]["ratio_vs_raw"])
     result["speedup_fast_vs_default"] = result["fast_path"]["speedup_fast_vs_default"]
     result["agreement_drop"] = result["fast_path"]["agreement_drop"]

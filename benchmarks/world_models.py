@@ -92,7 +92,8 @@ def main() -> None:
     oracle = load_or_train_oracle(ROOT / ".cache" / "oracle", spec, steps=1500)
     result["oracle_clean_accuracy"] = oracle_accuracy(oracle, spec, n=500 if args.quick else 3000)
     backend = DiffusersText2Image(str(weights / "world_diffusion"), device=args.device, height=spec.image_size,
-                                  width=spec.image_size, progress=False)
+                                  width=spec.image_size, progress=False,
+                                  num_inference_steps=2 if args.quick else 20)  # quick: plumbing, not quality
     result.update(generation_quality(backend, oracle, spec, per_pair=2 if args.quick else 16))
     result.update(diversity(backend, caption("star", "grass"), n=8 if args.quick else 64))
     if args.quick:

@@ -41,7 +41,9 @@ def evaluate(pl_module: LightningModule, loader, datamodule) -> dict:
     was_training = pl_module.training
     pl_module.eval()
     n_groups = max(1, len(datamodule.group_names))
-    groups, classes = GroupAccuracy(n_groups), GroupAccuracy(datamodule.num_classes)
+    # one process evaluates the whole loader: no cross-rank sync (other ranks are not computing these metrics)
+    groups = GroupAccuracy(n_groups, sync_on_compute=False)
+    classes = GroupAccuracy(datamodule.num_classes, sync_on_compute=False)
     for batch in loader:
         preds = pl_module(batch["image"].to(pl_module.device)).argmax(-1).cpu()
         groups.update(preds, batch["label"], batch["group"])

@@ -123,6 +123,7 @@ class RoundStats:
     kept: int = 0
     rejected_by: dict[str, int] = field(default_factory=dict)
     failed_prompts: list[str] = field(default_factory=list)
+    first_error: str = ""          # the first generation error, for the message that stops the run
     seconds_generate: float = 0.0
     seconds_filter: float = 0.0
 
@@ -171,6 +172,7 @@ class RoundRunner:
             if len(items) == 1:
                 log.warning("generation failed for %s (%r): %s", items[0].id, items[0].prompt, err)
                 stats.failed_prompts.append(items[0].prompt)
+                stats.first_error = stats.first_error or f"{type(err).__name__}: {err}"
                 return torch.zeros(0), []
             good_images, good_items = [], []
             for it in items:
@@ -224,6 +226,6 @@ class RoundRunner:
                 raise GenerationFailedError(
                     f"{failed} of {len(items)} images failed to generate in round {round_index} (more than "
                     f"augment.generation.max_failure_fraction={self.max_failure_fraction}); first failing prompt: "
-                    f"{stats.failed_prompts[0]!r}. Check the generator config and the log above.")
+                    f"{stats.failed_prompts[0]!r} ({stats.first_error}). Check the generator config and the log above.")
         bar.close()
         return stats
