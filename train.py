@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -28,8 +29,6 @@ def resume_checkpoint(run_dir: str | None) -> str | None:
     """The checkpoint to continue a run dir from; None starts it again in place (its generated images are reused)."""
     if not run_dir:
         return None
-    from pathlib import Path
-
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"resume={run_dir!r} is not a run directory (resume takes a run's output folder)")
     last = Path(run_dir) / "checkpoints" / "last.ckpt"

@@ -82,7 +82,7 @@ class DiffusersText2Image:
         from diffusers import AutoPipelineForText2Image
 
         _import_custom_components()
-        local = Path(self.model)
+        local = Path(self.model).expanduser()
         if local.exists() and not (local / "model_index.json").is_file():
             raise WeightsNotFoundError(f"{local} has no model_index.json: it is not a diffusers pipeline folder "
                                        f"(set {self.config_key} to a folder saved with `save_pretrained`)")
@@ -93,8 +93,8 @@ class DiffusersText2Image:
                 "built-in world's model ships in weights/world_diffusion (`python -m blindspot.world.train_diffusion` "
                 "rebuilds it).")
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(self.model, dtype=self.dtype,
-                                                             local_files_only=True)
+            source = str(local) if local.exists() else self.model  # a folder (user dir expanded) or a hub id
+            pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=self.dtype, local_files_only=True)
         except Exception as err:  # diffusers/hub/safetensors raise many kinds for missing or corrupt weights
             raise WeightsNotFoundError(
                 f"could not load text-to-image weights {self.model!r} (missing or corrupt; no model hub is reachable "

@@ -86,8 +86,8 @@ def warm_start(unet, folder: Path) -> None:
     if unexpected:
         raise ValueError(f"init_from={folder}: its UNet has weights this config lacks: {unexpected[:5]}")
     added = getattr(unet, "add_embedding", None)
-    if added is not None and hasattr(added, "norm2"):  # the new pathway starts silent: the warm model is unchanged
-        torch.nn.init.zeros_(added.norm2.weight)
+    if any(k.startswith("add_embedding.norm2.") for k in missing):  # a new pathway starts silent: the warm model
+        torch.nn.init.zeros_(added.norm2.weight)                    # is unchanged at step 0
         torch.nn.init.zeros_(added.norm2.bias)
     log.info("warm start from %s; freshly initialised: %s", folder, sorted({k.split('.')[0] for k in missing}))
 
@@ -183,8 +183,9 @@ def train(cfg: DictConfig) -> dict:
     pipe.save_pretrained(out, safe_serialization=True)
     previous = Path(cfg.init_from or "") / "training.json"
     stages = [json.loads(previous.read_text())] if cfg.init_from and previous.is_file() else []
+    earlier = sum(st.get("total_wall_minutes", st.get("wall_minutes", 0)) for st in stages)  # all earlier stages
     write_provenance(out, steps=cfg.steps, batch_size=cfg.batch_size, unet_parameters=n_params, previous_stages=stages,
-                     total_wall_minutes=round(watch.seconds / 60 + sum(st.get("wall_minutes", 0) for st in stages), 2),
+                     total_wall_minutes=round(watch.seconds / 60 + earlier, 2),
                      wall_minutes=round(watch.seconds / 60, 2), cpu_minutes=round(watch.cpu_seconds / 60, 2),
                      history=history,
                      config=OmegaConf.to_container(cfg, resolve=True))
