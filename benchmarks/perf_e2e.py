@@ -28,9 +28,10 @@ def main() -> None:
     """Run the headline job once and write results/perf_e2e.{json,md}."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--run-dir", default=None, help="keep the run here (report, images); default: a temporary dir")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
+        run = Path(args.run_dir).resolve() if args.run_dir else Path(tmp) / "run"
         cmd = [sys.executable, "train.py", "+augment=failure_diffusion", "logger=none", f"hydra.run.dir={run}",
                *(QUICK if args.quick else [])]
         start, cpu = time.perf_counter(), os.times()
@@ -47,6 +48,7 @@ def main() -> None:
     result = {"machine": machine(), "quick": args.quick, "command": " ".join(cmd[1:]), "cpu_seconds": wall,
               "process_cpu_seconds": child_cpu, "breakdown": breakdown,
               "test": {k: report["metrics"]["test"].get(k) for k in ("avg_acc", "worst_group_acc")},
+              "discovery": {k: report.get("discovery", {}).get(k) for k in ("planted_recall", "caption_hit")},
               "note": "cpu_seconds is the wall time of the whole run on this CPU-only machine (the issue's name)"}
     rows = [["stage", "seconds", "share"]] + [[k, f"{v:.1f}", f"{v / wall:.0%}"] for k, v in breakdown.items()]
     rows.append(["total (wall)", f"{wall:.1f}", "100%"])

@@ -88,11 +88,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--images", type=int, default=32, help="images per timed call")
+    p.add_argument("--per-pair", type=int, default=4, help="images per class|background prompt for oracle agreement")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     spec = WorldSpec()
     world = str(ROOT / "weights" / "world_diffusion")
-    n = 4 if args.quick else 64
+    n = 4 if args.quick else args.images
     steps = (2, 5) if args.quick else (20, 50)  # quick: a plumbing check, not the numbers
     result = {"machine": machine(args.threads), "quick": args.quick}
     result["world"] = wrapper_ratio(world, n, steps[0], 3.0, 32, args.device, repeats=1 if args.quick else 3)
@@ -100,8 +102,8 @@ def main() -> None:
         result["tiny_sd"] = wrapper_ratio(tiny_sd(Path(tmp)), n, 2 if args.quick else 10, 7.5, 64, args.device,
                                           repeats=1 if args.quick else 3)
     oracle = load_or_train_oracle(ROOT / ".cache" / "oracle", spec, steps=1500)
-    result["fast_path"] = fast_vs_default(world, oracle, spec, args.device, per_pair=1 if args.quick else 8,
-                                          n_time=4 if args.quick else 64, fast_steps=steps[0], default_steps=steps[1])
+    result["fast_path"] = fast_vs_default(world, oracle, spec, args.device, per_pair=1 if args.quick else args.per_pair,
+                                          n_time=n, fast_steps=steps[0], default_steps=steps[1])
     result["ratio_vs_raw"] = min(result["world"]["ratio_vs_raw"], result["tiny_sd"]["ratio_vs_raw"])
     result["speedup_fast_vs_default"] = result["fast_path"]["speedup_fast_vs_default"]
     result["agreement_drop"] = result["fast_path"]["agreement_drop"]
@@ -111,7 +113,7 @@ def main() -> None:
         ["measure", "value", "target"],
         ["world: Blindspot / raw diffusers images/s", f"{result['world']['ratio_vs_raw']:.3f}", ">= 0.97"],
         ["tiny SD: Blindspot / raw diffusers images/s", f"{result['tiny_sd']['ratio_vs_raw']:.3f}", ">= 0.97"],
-        ["world images/s (20 steps, batch 64)", f"{result['images_per_s']:.2f}", "-"],
+        [f"world images/s ({steps[0]} steps, batch {n})", f"{result['images_per_s']:.2f}", "-"],
         ["fast path speed-up vs defaults", f"{f['speedup_fast_vs_default']:.2f}x", ">= 1.5x"],
         ["oracle agreement default / fast", f"{f['oracle_agreement_default']:.1%} / {f['oracle_agreement_fast']:.1%}",
          "drop <= 2 pts"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Callable, Sequence
 
@@ -41,12 +42,16 @@ class ImageClassifier(LightningModule):
         std: Sequence[float] = (0.25, 0.25, 0.25),
         label_smoothing: float = 0.0,
         stem_stride: int | None = None,
+        channels_last: bool = False,
+        scheduler_interval: str = "epoch",
     ):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES} (model.loss)")
         if dro_groups not in DRO_GROUPS:
             raise ValueError(f"unknown model.dro_groups {dro_groups!r}; choose one of {DRO_GROUPS}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"model.scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}")
         if loss == "group_dro" and dro_groups == "ground_truth" and not group_names:
             raise ValueError("model.loss=group_dro needs ground-truth groups and this data has none: use data with "
                              "group labels, or groups from discovery (+augment=group_dro_discovered)")
@@ -72,12 +77,14 @@ class ImageClassifier(LightningModule):
         hp = self.hparams
         net = create_backbone(hp.backbone, hp.num_classes, hp.pretrained, hp.pretrained_path,
                               dict(hp.backbone_kwargs or {}))
-        return net if hp.get("stem_stride") is None else small_image_stem(net, hp.stem_stride)
+        net = net if hp.get("stem_stride") is None else small_image_stem(net, hp.stem_stride)
+        return net.to(memory_format=torch.channels_last) if hp.get("channels_last") else net
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or [0, 1] float) images -> the backbone's input."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.get("channels_last") else x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits [n, num_classes] for uint8 images [n, 3, h, w]."""
@@ -202,5 +209,26 @@ class ImageClassifier(LightningModule):
         opt = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt),
-                                                   "interval": "epoch"}}
+        interval = self.hparams.get("scheduler_interval", "epoch")
+        extra = {"total_steps": self.remaining_steps()} if takes_total_steps(self.scheduler_factory) else {}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt, **extra),
+                                                   "interval": interval}}
+
+    def remaining_steps(self) -> int:
+        """Optimiser steps left in this fit (a scheduler rebuilt mid-run, e.g. by JTT, spans only the rest)."""
+        trainer = self.trainer
+        per_epoch = max(1, int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs))
+        return per_epoch * max(1, trainer.max_epochs - trainer.current_epoch)
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Step the scheduler; a finished fixed-length schedule holds its last rate (injected data lengthens epochs)."""
+        total = getattr(scheduler, "total_steps", None)
+        if total is not None and scheduler.last_epoch >= total - 1:
+            return
+        scheduler.step() if metric is None else scheduler.step(metric)
+
+
+def takes_total_steps(factory: Callable) -> bool:
+    """True for schedulers sized in optimiser steps (e.g. OneCycleLR), which get this fit's step count."""
+    func = getattr(factory, "func", factory)
+    return "total_steps" in inspect.signature(func).parameters and "total_steps" not in getattr(factory, "keywords", {})

@@ -95,3 +95,17 @@ def test_small_image_stem_names_the_knob_for_other_backbones():
 
     with pytest.raises(ValueError, match="model.stem_stride"):
         small_image_stem(create_backbone("vit_tiny_patch16_224", 6, kwargs={"img_size": 32, "patch_size": 8}), 2)
+
+
+def test_channels_last_changes_the_memory_layout_not_the_logits():
+    from functools import partial
+
+    from lightning_modules.classifier import ImageClassifier
+
+    kwargs = dict(backbone="resnet18", num_classes=6, optimizer=partial(torch.optim.AdamW, lr=1e-3), stem_stride=2,
+                  backbone_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8})
+    plain, fast = ImageClassifier(**kwargs).eval(), ImageClassifier(**kwargs, channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    assert fast.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(images), plain(images), rtol=1e-4, atol=1e-5)

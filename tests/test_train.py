@@ -85,3 +85,21 @@ def test_ddp_two_processes_share_one_folder_see_disjoint_data_and_reduce_metrics
     assert float(row[header.index("val/acc")]) == pytest.approx(global_acc, abs=1e-6)  # reduced over ranks
     report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
     assert report["metrics"]["test"]["avg_acc"] is not None
+
+
+ONE_CYCLE = ["model.scheduler._target_=torch.optim.lr_scheduler.OneCycleLR", "~model.scheduler.T_max",
+             "+model.scheduler.max_lr=0.002", "model.scheduler_interval=step"]
+
+
+def test_a_step_schedule_spans_the_run_and_holds_at_its_end(compose_cfg, tmp_path):
+    from lightning_modules.classifier import ImageClassifier
+
+    run_train(compose_cfg(TINY_WORLD + ONE_CYCLE + ["trainer.max_epochs=2", "test=false"]))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    schedule = ckpt["lr_schedulers"][0]
+    assert schedule["total_steps"] == ckpt["global_step"] == 24  # 2 epochs x 12 batches, filled in by the module
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=4)
+    for _ in range(10):  # injected samples can make epochs longer than planned: no error, the last rate holds
+        ImageClassifier.lr_scheduler_step(None, one_cycle, None)
+    assert one_cycle.last_epoch == 3 and opt.param_groups[0]["lr"] == pytest.approx(one_cycle.get_last_lr()[0])
