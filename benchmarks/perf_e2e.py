@@ -52,7 +52,17 @@ def main() -> None:
               "note": "cpu_seconds is the wall time of the whole run on this CPU-only machine (the issue's name)"}
     rows = [["stage", "seconds", "share"]] + [[k, f"{v:.1f}", f"{v / wall:.0%}"] for k, v in breakdown.items()]
     rows.append(["total (wall)", f"{wall:.1f}", "100%"])
+    rows += result_rows(result)
     write("perf_e2e", result, rows, args.quick)
+
+
+def result_rows(result: dict) -> list[list]:
+    """What the run achieved, under the timing table."""
+    test, found = result["test"], result.get("discovery") or {}
+    fmt = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+    return [["test accuracy / worst-group", f"{fmt(test.get('avg_acc'))} / {fmt(test.get('worst_group_acc'))}", ""],
+            ["planted recall / caption hit", f"{fmt(found.get('planted_recall'))} / {fmt(found.get('caption_hit'))}",
+             ""]]
 
 
 if __name__ == "__main__":

@@ -76,9 +76,16 @@ class FailureReport(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_start = time.perf_counter()
 
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._add_train_time()  # an open training epoch ends here: discovery and generation follow validation
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._add_train_time()  # epochs without validation
+
+    def _add_train_time(self) -> None:
         if self._epoch_start is not None:
             self.breakdown["train"] = self.breakdown.get("train", 0.0) + time.perf_counter() - self._epoch_start
+            self._epoch_start = None
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._test_start = time.perf_counter()

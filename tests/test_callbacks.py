@@ -53,6 +53,8 @@ def test_a_round_discovers_generates_filters_injects_and_reports(compose_cfg, tm
     assert [m["mode_id"] for m in discovery_state["rounds"][0]["modes"]] == [m["mode_id"] for m in rnd["modes"]]
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "index.html").is_file()
     assert "test" in report["metrics"] and "baseline_test" in report["metrics"]
+    stages = report["breakdown"]  # disjoint stages: training time excludes the discovery and generation after it
+    assert stages["train"] > 0 and stages["generate"] > 0 and sum(stages.values()) <= report["wall_seconds"]
 
 
 def test_untargeted_ablation_prompts_name_only_the_class(compose_cfg, tmp_path, tiny_models):

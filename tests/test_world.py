@@ -127,3 +127,13 @@ def test_unknown_world_vocabulary_is_named():
 def test_group_names_cover_class_by_planted_attribute():
     names = group_names(SPEC, PLANTED)
     assert "star|water" in names and len(names) == 36
+
+
+def test_provenance_records_how_a_checkpoint_was_made(tmp_path):
+    import json
+
+    from blindspot.world.training import write_provenance
+
+    write_provenance(tmp_path, steps=3)
+    facts = json.loads((tmp_path / "training.json").read_text())
+    assert facts["command"].startswith("python ") and facts["steps"] == 3 and facts["machine"]["cpu_count"] >= 1

@@ -46,10 +46,17 @@ def machine() -> dict:
     }
 
 
+def invocation() -> str:
+    """The command that started this process: `python -m package.module ...` or `python script.py ...`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None else ["python", Path(sys.argv[0]).name]
+    return " ".join(head + sys.argv[1:])
+
+
 def write_provenance(out_dir: Path, **facts) -> None:
     """Write how a shipped checkpoint was made (command, steps, wall time, machine) next to it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    facts.setdefault("command", " ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
+    facts.setdefault("command", invocation())
     facts.setdefault("machine", machine())
     facts.setdefault("date", time.strftime("%Y-%m-%d %H:%M:%S"))
     (out_dir / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
