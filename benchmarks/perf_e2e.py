@@ -29,11 +29,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--run-dir", default=None, help="keep the run here (report, images); default: a temporary dir")
+    p.add_argument("overrides", nargs="*", help="extra train.py overrides (default: none, the headline as shipped)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run_dir).resolve() if args.run_dir else Path(tmp) / "run"
         cmd = [sys.executable, "train.py", "+augment=failure_diffusion", "logger=none", f"hydra.run.dir={run}",
-               *(QUICK if args.quick else [])]
+               *(QUICK if args.quick else []), *args.overrides]
         start, cpu = time.perf_counter(), os.times()
         proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
                               text=True)
