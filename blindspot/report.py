@@ -12,7 +12,8 @@ Lightning-free: the reporting callback gathers the facts into a dict, this modul
                   images_planned, images_kept]}]
     mode_accuracy{mode_id: [{epoch, acc}]}, breakdown{stage: s}, timeline[{epoch, val_acc, val_worst_group_acc}]
 
-Accuracies are fractions in [0, 1]; None/NaN/inf mean "unknown" (shown as "–", written to JSON as null).
+Epochs are 0-based in the dict (Lightning's current_epoch) and shown 1-based. Accuracies are fractions in [0, 1];
+None/NaN/inf mean "unknown" (shown as "–", written to JSON as null).
 The content is built once as a short list of blocks (headings, facts, tables, thumbnail galleries) and then
 written out by a Markdown and an HTML renderer, so the two files always say the same thing. All text from
 the dict (captions, class and group names) is escaped by the renderer; nothing is trusted as markup.
@@ -154,6 +155,12 @@ def _int(x: Any) -> str:
     """An integer count, or "–"."""
     v = _num(x)
     return MISSING if v is None else str(int(v))
+
+
+def _epoch(x: Any) -> str:
+    """A 0-based epoch index shown 1-based, as configs and logs count epochs ("after epoch 5"), or "–"."""
+    v = _num(x)
+    return MISSING if v is None else str(int(v) + 1)
 
 
 def _score(x: Any) -> str:
@@ -301,7 +308,7 @@ def _round(rnd: Mapping[str, Any], index: int) -> list[Block]:
     """A round's facts, its modes table and its thumbnails."""
     title = f"Round {_int(rnd.get('round', index))}"
     if rnd.get("epoch") is not None:
-        title += f" · epoch {_int(rnd['epoch'])}"
+        title += f" · after epoch {_epoch(rnd['epoch'])}"
     blocks: list[Block] = [Heading(2, title), Facts(_round_facts(rnd))]
     modes = [m for m in map(_dict, _list(rnd.get("modes"))) if m]
     if modes:
@@ -402,7 +409,7 @@ def _mode_accuracy(report: Mapping[str, Any]) -> list[Block]:
         pts = [p for p in map(_dict, _list(points)) if p]
         if not pts:
             continue
-        curve = " · ".join(f"e{_int(p.get('epoch'))} {fmt_pct(p.get('acc'))}" for p in pts)
+        curve = " · ".join(f"e{_epoch(p.get('epoch'))} {fmt_pct(p.get('acc'))}" for p in pts)
         rows.append([_text(mode_id), fmt_change(pts[0].get("acc"), pts[-1].get("acc")), curve])
     if not rows:
         return []
@@ -453,7 +460,7 @@ def _timeline(report: Mapping[str, Any]) -> list[Block]:
         return []
     step = max(1, math.ceil(len(points) / MAX_TIMELINE_ROWS))
     shown = points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
-    rows = [[_int(p.get("epoch")), fmt_pct(p.get("val_acc")), fmt_pct(p.get("val_worst_group_acc"))]
+    rows = [[_epoch(p.get("epoch")), fmt_pct(p.get("val_acc")), fmt_pct(p.get("val_worst_group_acc"))]
             for p in shown]
     note = f"Every {step}th of {len(points)} epochs shown." if step > 1 else ""
     return [Heading(2, "Validation over epochs"), Table(["Epoch", "Accuracy", "Worst-group accuracy"], rows, note)]
