@@ -3,6 +3,7 @@
     python -m benchmarks.compare                 # all methods x 3 seeds (resumes: finished runs are kept)
     python -m benchmarks.compare --quick         # plumbing check: tiny data, 2 epochs, one seed (CI)
     python -m benchmarks.compare --methods none,failure_diffusion --seeds 0
+    python -m benchmarks.compare --workers 2     # two runs side by side, each on cores/2 torch threads
 
 Each run is `python train.py experiment=compare +augment=<method> seed=<seed>` in its own folder under
 outputs/compare/<method>/seed<seed>/; a run whose report has test metrics is not run again, an interrupted
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +53,7 @@ def overrides_for(method: str, quick: bool) -> list[str]:
     return keep
 
 
-def run_one(method: str, seed: int, out: Path, quick: bool) -> dict:
+def run_one(method: str, seed: int, out: Path, quick: bool, threads: int | None = None) -> dict:
     """Run (or resume, or skip) one method/seed; returns its report."""
     report = out / "report" / "report.json"
     if report.is_file() and json.loads(report.read_text()).get("metrics", {}).get("test"):
@@ -61,6 +63,8 @@ def run_one(method: str, seed: int, out: Path, quick: bool) -> dict:
     if (out / "checkpoints" / "last.ckpt").exists():
         args.append(f"resume={out}")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.time()
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -68,6 +72,27 @@ def run_one(method: str, seed: int, out: Path, quick: bool) -> dict:
     data = json.loads(report.read_text())
     data.setdefault("wall_seconds", time.time() - start)
     return data
+
+
+SLOW_FIRST = ["failure_diffusion", "untargeted_diffusion", "jtt", "retrieval"]
+
+
+def run_all(methods: list[str], seeds: list[int], out: Path, quick: bool, workers: int) -> dict[str, list[dict]]:
+    """Every method x seed, `workers` at a time (longest methods first), printing each as it finishes."""
+    jobs = sorted(((m, s) for m in methods for s in seeds),
+                  key=lambda job: SLOW_FIRST.index(job[0]) if job[0] in SLOW_FIRST else len(SLOW_FIRST))
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+
+    def one(job: tuple[str, int]) -> dict:
+        report = run_one(job[0], job[1], out / job[0] / f"seed{job[1]}", quick, threads)
+        test = report["metrics"]["test"]
+        print(f"[compare] {job[0]} seed {job[1]}: avg {test['avg_acc']:.1%}, worst group "
+              f"{test['worst_group_acc']:.1%}, {report.get('wall_seconds', 0) / 60:.1f} min", flush=True)
+        return report
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        reports = dict(zip(jobs, pool.map(one, jobs)))
+    return {m: [reports[(m, s)] for s in seeds] for m in methods}
 
 
 def images_added(report: dict) -> int:
@@ -135,19 +160,20 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--out", default=str(ROOT / "outputs" / "compare"))
+    p.add_argument("--workers", type=int, default=1, help="runs side by side (CPU: each gets cores/workers threads)")
     args = p.parse_args()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
     out = Path(args.out) / ("quick" if args.quick else "full")
     start = time.time()
-    runs = {m: [run_one(m, s, out / m / f"seed{s}", args.quick) for s in seeds] for m in methods}
+    runs = run_all(methods, seeds, out, args.quick, args.workers)
     summary = summarise(runs)
     stem = "compare_quick" if args.quick else "compare"
     results = Path(os.environ.get("BLINDSPOT_RESULTS", ROOT / "benchmarks" / "results"))
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = table(summary) + f"\n\nSweep wall time (this invocation): {(time.time() - start) / 60:.1f} min; " \
-                            f"seeds {seeds}; machine: {os.cpu_count()} CPU cores.\n"
+                            f"seeds {seeds}; {args.workers} run(s) side by side; machine: {os.cpu_count()} CPU cores.\n"
     (results / f"{stem}.md").write_text(text)
     chart(summary, results / f"{stem}.png")
     print(text)

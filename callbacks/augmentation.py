@@ -34,7 +34,8 @@ class DiffusionAugmentation(Callback):
     def __init__(self, generator, filters: dict | None = None, output_dir: str = "generated",
                  images_per_round: int = 256, prompts_per_mode: int = 2, prompt_template: str = "{caption}",
                  untargeted: bool = False, untargeted_template: str = "a photo of a {cls}", batch_size: int = 64,
-                 max_failure_fraction: float = 0.1, seed: int = 0, progress: bool = True):
+                 max_failure_fraction: float = 0.1, seed: int = 0, progress: bool = True,
+                 caption_weighting: str = "score"):
         if images_per_round < 1:
             raise ValueError(f"augment images_per_round={images_per_round}: the generation budget must be >= 1 "
                              "(use +augment=none to train without generated images)")
@@ -48,6 +49,9 @@ class DiffusionAugmentation(Callback):
             untargeted_template
         self.batch_size, self.max_failure_fraction, self.seed = batch_size, max_failure_fraction, seed
         self.progress = progress
+        if caption_weighting not in ("score", "uniform"):
+            raise ValueError(f"diffusion_augmentation.caption_weighting={caption_weighting!r}: use score or uniform")
+        self.caption_weighting = caption_weighting
         self.stats: dict[int, dict] = {}  # round index -> summed stats (checkpointed)
 
     def check_writable(self) -> None:
@@ -117,7 +121,7 @@ class DiffusionAugmentation(Callback):
             if load_plan(plan_file) is None:  # a resumed round keeps its original plan (prompts, seeds, modes)
                 items = plan_round(rnd.modes, self.images_per_round, rnd.index, self.seed, str(round_dir / "images"),
                                    self.prompts_per_mode, self.prompt_template, self.untargeted,
-                                   self.untargeted_template)
+                                   self.untargeted_template, self.caption_weighting)
                 save_plan(plan_file, items, rnd.modes)
             (round_dir / "images").mkdir(parents=True, exist_ok=True)
             remove_strays(round_dir / "images", {i.path for i in load_plan(plan_file)[0]})

@@ -63,6 +63,18 @@ def test_plan_is_deterministic_with_unique_ids_and_seeds(tmp_path):
     assert items == a and [m.mode_id for m in ms] == ["c0-0", "c1-0"]
 
 
+def test_a_modes_images_follow_its_caption_scores(tmp_path):
+    mode = FailureMode(0, "star", [1, 2, 3], 0.8, 0.1, score=1.0, mode_id="star-0",
+                       captions=[("a star on grass", 0.6), ("a purple star", 0.2), ("a large star", 0.1)])
+    scored = [i.prompt for i in plan_round([mode], 40, 0, 7, str(tmp_path))]
+    assert scored.count("a star on grass") == 30 and scored.count("a purple star") == 10
+    uniform = [i.prompt for i in plan_round([mode], 40, 0, 7, str(tmp_path), caption_weighting="uniform")]
+    assert uniform.count("a star on grass") == 20 and uniform.count("a purple star") == 20
+    assert plan_round([mode], 3, 0, 7, str(tmp_path), prompts_per_mode=3)[0].prompt == "a star on grass"
+    with pytest.raises(ValueError, match="caption_weighting"):
+        plan_round([mode], 4, 0, 7, str(tmp_path), caption_weighting="softmax")
+
+
 def test_manifest_ignores_a_torn_last_line(tmp_path):
     path = manifest_path(tmp_path, 0)
     append_records(path, [{"id": "a", "round": 0}, {"id": "b", "round": 0}])

@@ -64,22 +64,37 @@ def split_budget(scores: Sequence[float], budget: int, min_per_mode: int = 1) ->
 
 def plan_round(modes: Sequence[FailureMode], budget: int, round_index: int, seed: int, image_dir: str,
                prompts_per_mode: int = 2, prompt_template: str = "{caption}", untargeted: bool = False,
-               untargeted_template: str = "a photo of a {cls}") -> list[PlanItem]:
-    """Prompts and seeds for one round (untargeted: class-name prompts with the same per-mode budget)."""
+               untargeted_template: str = "a photo of a {cls}", caption_weighting: str = "score") -> list[PlanItem]:
+    """Prompts and seeds for one round (untargeted: class-name prompts with the same per-mode budget).
+
+    A mode's images go to its top `prompts_per_mode` captions in proportion to their scores
+    (`caption_weighting="score"`) or in turn (`"uniform"`).
+    """
+    if caption_weighting not in ("score", "uniform"):
+        raise ValueError(f"caption_weighting={caption_weighting!r}: use 'score' or 'uniform'")
     counts = split_budget([m.score for m in modes], budget)
     items = []
     for mode, count in zip(modes, counts):
-        if untargeted:
-            prompts = [untargeted_template.format(cls=mode.class_name)]
-        else:
-            captions = [c for c, _ in mode.captions[:prompts_per_mode]] or [mode.class_name]
-            prompts = [prompt_template.format(caption=c, cls=mode.class_name) for c in captions]
-        for k in range(count):
+        for k, prompt in enumerate(mode_prompts(mode, count, prompts_per_mode, prompt_template, untargeted,
+                                                untargeted_template, caption_weighting)):
             item_seed = (seed * 1_000_003 + round_index * 10_007 + len(items)) % (2**31 - 1)
             item_id = f"r{round_index}-{mode.mode_id}-{k:04d}"
-            items.append(PlanItem(item_id, mode.mode_id, mode.class_index, mode.class_name,
-                                  prompts[k % len(prompts)], item_seed, str(Path(image_dir) / f"{item_id}.png")))
+            items.append(PlanItem(item_id, mode.mode_id, mode.class_index, mode.class_name, prompt, item_seed,
+                                  str(Path(image_dir) / f"{item_id}.png")))
     return items
+
+
+def mode_prompts(mode: FailureMode, count: int, prompts_per_mode: int, prompt_template: str, untargeted: bool,
+                 untargeted_template: str, caption_weighting: str) -> list[str]:
+    """The `count` prompts of one mode, in plan order."""
+    if untargeted:
+        return [untargeted_template.format(cls=mode.class_name)] * count
+    captions = mode.captions[:prompts_per_mode] or [(mode.class_name, 1.0)]
+    prompts = [prompt_template.format(caption=c, cls=mode.class_name) for c, _ in captions]
+    if caption_weighting == "uniform" or len(prompts) == 1:
+        return [prompts[k % len(prompts)] for k in range(count)]
+    per_caption = split_budget([score for _, score in captions], count, min_per_mode=0) if count else []
+    return [p for p, n in zip(prompts, per_caption) for _ in range(n)]
 
 
 def save_plan(path: str | os.PathLike, items: Sequence[PlanItem], modes: Sequence[FailureMode]) -> None:
