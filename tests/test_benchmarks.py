@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,3 +50,32 @@ def test_quick_comparison_runs_every_method(tmp_path):
         assert 0.0 <= summary[m]["wga_mean"] <= summary[m]["avg_acc_mean"] <= 1.0
         assert summary[m]["seeds"] == 1
     assert (tmp_path / "compare_quick.png").stat().st_size > 1000
+
+
+def test_targeting_counts_kept_images_in_the_planted_group(tmp_path):
+    """Rendered ground truth as a 'kept pool': 6 stars on grass, 2 stars on sand, 2 (rejected) more on grass."""
+    from benchmarks.targeting import judge_run
+    from blindspot.generation.manifest import append_records, manifest_path
+    from blindspot.images import save_png
+    from blindspot.world.oracle import load_oracle
+    from blindspot.world.render import render
+    from blindspot.world.spec import BACKGROUNDS, CLASSES, WorldSpec
+
+    backgrounds = ["grass"] * 6 + ["sand"] * 2 + ["grass"] * 2
+    n = len(backgrounds)
+    images = render(torch.full((n,), CLASSES.index("star")), torch.tensor([BACKGROUNDS.index(b) for b in backgrounds]),
+                    torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long), seed=0)
+    records = []
+    (tmp_path / "generated").mkdir()
+    for i, image in enumerate(images):
+        save_png(image, tmp_path / "generated" / f"{i}.png")
+        records.append({"id": f"r0-{i}", "round": 0, "class_name": "star", "kept": i < 8,
+                        "path": str(tmp_path / "generated" / f"{i}.png")})
+    append_records(manifest_path(tmp_path / "generated", 0), records)
+    report = {"method": "failure_diffusion", "discovery": {"planted": [{"group": "star|grass", "value": "grass"}]},
+              "metrics": {"test": {"per_group": {"star|grass": 0.5}}}}
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.json").write_text(json.dumps(report))
+    [row] = judge_run(tmp_path, load_oracle(), WorldSpec())
+    assert row["kept_of_class"] == 8 and row["in_group"] == 6 and row["in_group_share"] == pytest.approx(0.75)
+    assert row["class_agreement"] == 1.0 and row["test_acc"] == 0.5

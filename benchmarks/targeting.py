@@ -1,0 +1,83 @@
+"""Did generation hit the blind spot? The world oracle judges each run's kept images (world only).
+
+    python -m benchmarks.targeting                       # the comparison sweep's diffusion runs
+    python -m benchmarks.targeting outputs/exp/run_a outputs/exp/run_b
+
+For every planted blind spot (e.g. star|grass) and every run: how many kept images carry the class, the share
+the oracle places in the planted group (right class *and* the planted attribute value), the oracle's class
+agreement, and the group's final test accuracy. Targeted prompts should put far more images in the group than
+class-name prompts; this measures by how much. Writes benchmarks/results/targeting.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from blindspot.generation.manifest import read_manifest
+from blindspot.images import load_image
+from blindspot.world.oracle import HEADS, load_oracle
+from blindspot.world.spec import WorldSpec
+
+from .common import machine, write
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RUNS = sorted((ROOT / "outputs" / "compare" / "full").glob("*_diffusion/seed*"))
+
+
+def judge_run(run: Path, oracle, spec: WorldSpec) -> list[dict]:
+    """One row per planted group: the kept images of its class and where the oracle puts them."""
+    report = json.loads((run / "report" / "report.json").read_text())
+    kept = [r for r in read_manifest(run / "generated") if r.get("kept")]
+    pred = oracle.predict(torch.stack([load_image(r["path"], spec.image_size) for r in kept])) if kept else {}
+    rows = []
+    for planted in report.get("discovery", {}).get("planted", []):
+        cls, value = planted["group"].split("|")[0], planted["value"]
+        head = next(h for h in HEADS if h != "class" and value in spec.values(h))
+        idx = [i for i, r in enumerate(kept) if r["class_name"] == cls]
+        right_class = [spec.classes[pred["class"][i]] == cls for i in idx]
+        in_group = [ok and spec.values(head)[pred[head][i]] == value for ok, i in zip(right_class, idx)]
+        rows.append({"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run),
+                     "method": report.get("method"), "group": planted["group"], "kept_of_class": len(idx),
+                     "kept_total": len(kept), "class_agreement": statistics.mean(right_class) if idx else None,
+                     "in_group_share": statistics.mean(in_group) if idx else None, "in_group": sum(in_group),
+                     "test_acc": report["metrics"]["test"]["per_group"].get(planted["group"])})
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    """Mean over runs per (method, group)."""
+    out: dict[str, dict] = {}
+    for key in sorted({(r["method"], r["group"]) for r in rows}):
+        mine = [r for r in rows if (r["method"], r["group"]) == key]
+        out[f"{key[0]} / {key[1]}"] = {
+            field: statistics.mean(r[field] for r in mine if r[field] is not None)
+            for field in ("kept_of_class", "in_group", "in_group_share", "class_agreement", "test_acc")
+            if any(r[field] is not None for r in mine)} | {"runs": len(mine)}
+    return out
+
+
+def main() -> None:
+    """Judge the runs and write results/targeting.{json,md}."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path, default=DEFAULT_RUNS, help="run folders (report/ + generated/)")
+    args = p.parse_args()
+    if not args.runs:
+        raise SystemExit("no runs to judge: run `python -m benchmarks.compare` first or name run folders")
+    spec, oracle = WorldSpec(), load_oracle()
+    rows = [row for run in args.runs for row in judge_run(Path(run).resolve(), oracle, spec)]
+    means = summary(rows)
+    table = [["method / planted group", "runs", "kept images of the class", "in the group (oracle)",
+              "share in the group", "oracle class agreement", "group test acc"]]
+    table += [[k.replace("|", "\\|"), v["runs"], f"{v['kept_of_class']:.0f}", f"{v['in_group']:.0f}",
+               f"{v['in_group_share']:.1%}", f"{v['class_agreement']:.1%}", f"{v['test_acc']:.1%}"]
+              for k, v in means.items()]
+    write("targeting", {"machine": machine(), "runs": rows, "summary": means}, table, quick=False)
+
+
+if __name__ == "__main__":
+    main()
