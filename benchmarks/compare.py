@@ -7,7 +7,9 @@
 
 Each run is `python train.py experiment=compare +augment=<method> seed=<seed>` in its own folder under
 outputs/compare/<method>/seed<seed>/; a run whose report has test metrics is not run again, an interrupted
-one continues from its last checkpoint. Writes benchmarks/results/compare.{json,md,png}.
+one continues from its last checkpoint. Writes benchmarks/results/compare.{json,md,png} and
+compare_provenance.json (which commit, when and how each row was measured); a run of some methods replaces
+their rows and keeps the others'.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def chart(summary: dict, path: Path) -> None:
     ax.set_xticks(list(x), names, rotation=25, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -153,8 +155,63 @@ def table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def escaped(cell: str) -> str:
+    """A table cell with its pipes escaped ('star|grass' would split the row)."""
+    return cell.replace("|", "\\|")
+
+
+def group_table(summary: dict) -> str:
+    """Per-group test accuracy (mean over seeds): one row per group, one column per method."""
+    methods = list(summary)
+    groups = sorted({g for s in summary.values() for g in s.get("per_group_mean", {})})
+    rows = ["| group | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for g in groups:
+        cells = [f"{summary[m]['per_group_mean'][g]:.0%}" if g in summary[m].get("per_group_mean", {}) else "–"
+                 for m in methods]
+        rows.append(f"| {escaped(g)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def git_commit() -> str | None:
+    """The commit the sweep ran on (with '+changes' when the work tree differs), or None outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def merged(results: Path, stem: str, summary: dict, invocation: dict) -> tuple[dict, list[dict]]:
+    """This sweep's rows over the earlier file's (methods not run now keep their rows), and every invocation."""
+    old_json, old_log = results / f"{stem}.json", results / f"{stem}_provenance.json"
+    rows = json.loads(old_json.read_text()) if old_json.is_file() else {}
+    log = json.loads(old_log.read_text()) if old_log.is_file() else []
+    log = [entry | {"methods": [m for m in entry["methods"] if m not in summary]} for entry in log]
+    rows.update(summary)
+    order = [m for m in METHODS if m in rows] + [m for m in rows if m not in METHODS]
+    return {m: rows[m] for m in order}, [entry for entry in log if entry["methods"]] + [invocation]
+
+
+def render(results: Path, stem: str, summary: dict, provenance: list[dict]) -> str:
+    """Write results/<stem>.{json,md,png} and the provenance log; returns the markdown."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results / f"{stem}_provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    lines = [f"- {', '.join(e['methods'])}: seeds {e['seeds']}, measured {e['date']} at commit {e['commit']}, "
+             f"{e['workers']} run(s) side by side on {e['cpu_count']} CPU cores, sweep wall time {e['minutes']:.1f} min"
+             for e in provenance]
+    text = (table(summary) + "\n\nHow each row was measured:\n" + "\n".join(lines)
+            + "\n\nPer-group test accuracy (mean over seeds):\n\n" + group_table(summary) + "\n")
+    (results / f"{stem}.md").write_text(text)
+    chart(summary, results / f"{stem}.png")
+    return text
+
+
 def main() -> None:
-    """Run the sweep and write results/compare.{json,md,png}."""
+    """Run the sweep and write results/compare.{json,md,png} (rows of methods not run now are kept)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -164,19 +221,19 @@ def main() -> None:
     args = p.parse_args()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown methods {unknown}; known: {METHODS}")
     out = Path(args.out) / ("quick" if args.quick else "full")
     start = time.time()
     runs = run_all(methods, seeds, out, args.quick, args.workers)
-    summary = summarise(runs)
+    invocation = {"methods": methods, "seeds": seeds, "workers": args.workers, "cpu_count": os.cpu_count(),
+                  "minutes": (time.time() - start) / 60, "commit": git_commit(),
+                  "date": time.strftime("%Y-%m-%d %H:%M")}
     stem = "compare_quick" if args.quick else "compare"
     results = Path(os.environ.get("BLINDSPOT_RESULTS", ROOT / "benchmarks" / "results"))
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    text = table(summary) + f"\n\nSweep wall time (this invocation): {(time.time() - start) / 60:.1f} min; " \
-                            f"seeds {seeds}; {args.workers} run(s) side by side; machine: {os.cpu_count()} CPU cores.\n"
-    (results / f"{stem}.md").write_text(text)
-    chart(summary, results / f"{stem}.png")
-    print(text)
+    summary, provenance = merged(results, stem, summarise(runs), invocation)
+    print(render(results, stem, summary, provenance))
 
 
 if __name__ == "__main__":

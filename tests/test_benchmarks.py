@@ -79,3 +79,21 @@ def test_targeting_counts_kept_images_in_the_planted_group(tmp_path):
     [row] = judge_run(tmp_path, load_oracle(), WorldSpec())
     assert row["kept_of_class"] == 8 and row["in_group"] == 6 and row["in_group_share"] == pytest.approx(0.75)
     assert row["class_agreement"] == 1.0 and row["test_acc"] == 0.5
+
+
+def test_compare_keeps_the_rows_of_methods_not_run_again(tmp_path):
+    """A sweep of some methods replaces their rows and provenance and keeps every other method's."""
+    from benchmarks.compare import merged, render
+
+    row = {"avg_acc_mean": 0.9, "avg_acc_std": 0.0, "wga_mean": 0.5, "wga_std": 0.0, "images_added": 0,
+           "wall_seconds": 60.0, "seeds": 3, "per_group_mean": {"star|grass": 0.5}}
+    first = {"methods": ["none", "failure_diffusion"], "seeds": [0, 1, 2], "workers": 2, "cpu_count": 2,
+             "minutes": 10.0, "commit": "aaa", "date": "d1"}
+    render(tmp_path, "compare", {"none": row, "failure_diffusion": row}, [first])
+    again = {"methods": ["failure_diffusion"], "seeds": [0, 1, 2], "workers": 2, "cpu_count": 2, "minutes": 5.0,
+             "commit": "bbb", "date": "d2"}
+    summary, provenance = merged(tmp_path, "compare", {"failure_diffusion": row | {"wga_mean": 0.8}}, again)
+    assert summary["none"]["wga_mean"] == 0.5 and summary["failure_diffusion"]["wga_mean"] == 0.8
+    assert [(e["methods"], e["commit"]) for e in provenance] == [(["none"], "aaa"), (["failure_diffusion"], "bbb")]
+    text = render(tmp_path, "compare", summary, provenance)
+    assert "| star\\|grass | 50% | 50% |" in text and "at commit bbb" in text
