@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from blindspot.clip import load_clip
 from blindspot.generation.backends import DiffusersText2Image
@@ -91,9 +92,14 @@ def main() -> None:
     result.update(clip_quality(clip, spec, n=300 if args.quick else 3000))
     oracle = load_or_train_oracle(ROOT / ".cache" / "oracle", spec, steps=1500)
     result["oracle_clean_accuracy"] = oracle_accuracy(oracle, spec, n=500 if args.quick else 3000)
+    defaults = OmegaConf.load(ROOT / "conf" / "generator" / "world.yaml")  # the settings a run uses
     backend = DiffusersText2Image(str(weights / "world_diffusion"), device=args.device, height=spec.image_size,
-                                  width=spec.image_size, progress=False,
-                                  num_inference_steps=2 if args.quick else 20)  # quick: plumbing, not quality
+                                  width=spec.image_size, progress=False, guidance_scale=defaults.guidance_scale,
+                                  scheduler=defaults.scheduler,  # quick: plumbing, not quality
+                                  num_inference_steps=2 if args.quick else defaults.num_inference_steps)
+    result["sampler"] = {"steps": backend.steps, "guidance": backend.guidance,
+                         "scheduler": type(backend.pipe.scheduler).__name__,
+                         "algorithm": getattr(backend.pipe.scheduler.config, "algorithm_type", None)}
     result.update(generation_quality(backend, oracle, spec, per_pair=2 if args.quick else 16))
     result.update(diversity(backend, caption("star", "grass"), n=8 if args.quick else 64))
     if args.quick:

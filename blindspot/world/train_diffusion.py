@@ -1,7 +1,7 @@
 """Train the world's text-to-image diffusion model on the world corpus (CPU, resumable).
 
 A diffusers UNet2DConditionModel denoises 16x16x12 space-to-depth images (v-prediction, min-SNR
-weighting, EMA), conditioned on the frozen world-CLIP text tower, and is shipped as a stock
+weighting, EMA), conditioned on the frozen world-CLIP text tower, sampled with SDE-DPM-Solver++, and is shipped as a stock
 `StableDiffusionPipeline` folder that `AutoPipelineForText2Image.from_pretrained` loads.
 
     python -m blindspot.world.train_diffusion            # defaults in conf/world/train_diffusion.yaml
@@ -49,7 +49,7 @@ def build_components(cfg: DictConfig):
     schedule = dict(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type,
                     steps_offset=1)
     train_scheduler = DDPMScheduler(**schedule)
-    sample_scheduler = DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2)
+    sample_scheduler = DPMSolverMultistepScheduler(**schedule, algorithm_type="sde-dpmsolver++", solver_order=2)
     return text_encoder, tokenizer, vae, unet, train_scheduler, sample_scheduler
 
 
@@ -113,6 +113,7 @@ def train(cfg: DictConfig) -> dict:
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     work, step, history = Path(cfg.work_dir), 0, []
+    work.mkdir(parents=True, exist_ok=True)
     state = load_state(work / "state.pt")
     if state:
         unet.load_state_dict(state["unet"])
