@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", ROOT / "benchmarks" / "results"))
 FLOORS = {"clip_class_acc": 0.95, "clip_background_acc": 0.95, "clip_color_acc": 0.90, "clip_retrieval_r1": 0.60,
           "gen_class_agreement_min_pair": 0.85, "gen_background_agreement_min_pair": 0.90}
+CEILINGS = {"gen_seconds_64_cpu": 60.0, "train_minutes_clip": 30.0, "train_minutes_diffusion": 90.0}  # budgets
 
 
 def generation_quality(backend: DiffusersText2Image, oracle, spec: WorldSpec, per_pair: int, seed: int = 0) -> dict:
@@ -106,23 +107,34 @@ def main() -> None:
         result["gen_seconds_64_cpu"] = None  # only the full run times 64 images
     result["train_minutes_clip"] = training_minutes(weights / "world_clip")
     result["train_minutes_diffusion"] = training_minutes(weights / "world_diffusion")
-    result["floors"] = FLOORS
+    result["floors"], result["ceilings"] = FLOORS, CEILINGS
     result["passed"] = {k: result[k] is not None and result[k] >= v for k, v in FLOORS.items()}
+    result["passed"].update({k: result[k] is not None and result[k] <= v for k, v in CEILINGS.items()})
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"world_models{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
         sample_grid(backend, spec, RESULTS / "world_models_grid.png")
-    rows = ["| measure | value | floor |", "|---|---|---|"]
-    for k in list(FLOORS) + ["gen_seconds_64_cpu", "diversity_min_rms_distance", "train_minutes_clip",
-                             "train_minutes_diffusion"]:
+    text = markdown(result)
+    (RESULTS / f"world_models{suffix}.md").write_text(text)
+    print(text)
+
+
+def markdown(result: dict) -> str:
+    """The results table: each measure with its floor (>=) or budget (<=) and whether it passed."""
+    rows = ["| measure | value | goal | passed |", "|---|---|---|---|"]
+    for k in [*FLOORS, *CEILINGS, "diversity_min_rms_distance"]:
         v = result.get(k)
         shown = "–" if v is None else (f"{v:.1%}" if k in FLOORS else f"{v:.2f}")
-        rows.append(f"| {k} | {shown} | {FLOORS.get(k, '–') if k not in FLOORS else f'{FLOORS[k]:.0%}'} |")
+        goal = f"≥ {FLOORS[k]:.0%}" if k in FLOORS else f"≤ {CEILINGS[k]:g}" if k in CEILINGS else "–"
+        passed = result.get("passed", {}).get(k)
+        rows.append(f"| {k} | {shown} | {goal} | {'–' if passed is None else 'yes' if passed else 'no'} |")
+    sampler = result.get("sampler", {})
     rows.append(f"\nworst class pair: {result['gen_class_min_pair']}; worst background pair: "
-                f"{result['gen_background_min_pair']}; machine: {result['machine']['processor']}, "
-                f"{result['machine']['torch_threads']} threads")
-    (RESULTS / f"world_models{suffix}.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+                f"{result['gen_background_min_pair']}; class agreement mean {result['gen_class_agreement_mean']:.1%}, "
+                f"background mean {result['gen_background_agreement_mean']:.1%}; sampler {sampler.get('algorithm')}, "
+                f"{sampler.get('steps')} steps, guidance {sampler.get('guidance')}; machine: "
+                f"{result['machine']['processor']}, {result['machine']['torch_threads']} threads")
+    return "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":
