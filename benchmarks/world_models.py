@@ -83,11 +83,16 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--weights", default=str(ROOT / "weights"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images (settings were chosen on 1)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: conf/generator/world.yaml)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance (default: the generator config)")
+    p.add_argument("--scheduler", help="sampler name, e.g. dpmsolver++ (default: the pipeline's own)")
+    p.add_argument("--tag", default="", help="write world_models_<tag>.* instead (for sampler comparisons)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     spec = WorldSpec()
     weights = Path(args.weights)
-    suffix = "_quick" if args.quick else ""
+    suffix = "_quick" if args.quick else f"_{args.tag}" if args.tag else ""
     clip = load_clip(pretrained=str(weights / "world_clip" / "open_clip_model.safetensors"), device=args.device)
     result = {"machine": machine(), "quick": args.quick}
     result.update(clip_quality(clip, spec, n=300 if args.quick else 3000))
@@ -95,13 +100,15 @@ def main() -> None:
     result["oracle_clean_accuracy"] = oracle_accuracy(oracle, spec, n=500 if args.quick else 3000)
     defaults = OmegaConf.load(ROOT / "conf" / "generator" / "world.yaml")  # the settings a run uses
     backend = DiffusersText2Image(str(weights / "world_diffusion"), device=args.device, height=spec.image_size,
-                                  width=spec.image_size, progress=False, guidance_scale=defaults.guidance_scale,
-                                  scheduler=defaults.scheduler,  # quick: plumbing, not quality
-                                  num_inference_steps=2 if args.quick else defaults.num_inference_steps)
+                                  width=spec.image_size, progress=False,
+                                  guidance_scale=defaults.guidance_scale if args.guidance is None else args.guidance,
+                                  scheduler=args.scheduler or defaults.scheduler,
+                                  num_inference_steps=2 if args.quick else args.steps or defaults.num_inference_steps)
     result["sampler"] = {"steps": backend.steps, "guidance": backend.guidance,
                          "scheduler": type(backend.pipe.scheduler).__name__,
                          "algorithm": getattr(backend.pipe.scheduler.config, "algorithm_type", None)}
-    result.update(generation_quality(backend, oracle, spec, per_pair=2 if args.quick else 16))
+    result.update(generation_quality(backend, oracle, spec, per_pair=2 if args.quick else 16, seed=args.seed))
+    result["seed"] = args.seed
     result.update(diversity(backend, caption("star", "grass"), n=8 if args.quick else 64))
     if args.quick:
         result["gen_seconds_64_cpu"] = None  # only the full run times 64 images
@@ -113,7 +120,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"world_models{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
-        sample_grid(backend, spec, RESULTS / "world_models_grid.png")
+        sample_grid(backend, spec, RESULTS / f"world_models{suffix}_grid.png")
     text = markdown(result)
     (RESULTS / f"world_models{suffix}.md").write_text(text)
     print(text)
