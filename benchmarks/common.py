@@ -41,6 +41,11 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def table_cell(text: str) -> str:
+    """A markdown table cell with its pipes escaped ('star|grass' would split the row)."""
+    return text.replace("|", "\\|")
+
+
 def write(name: str, result: dict, table: list[list], quick: bool) -> Path:
     """Write results/<name>[_quick].json and a markdown table next to it; returns the JSON path."""
     RESULTS.mkdir(parents=True, exist_ok=True)

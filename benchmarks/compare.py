@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .common import table_cell
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "dfr_discovered", "retrieval",
            "untargeted_diffusion", "failure_diffusion"]
@@ -155,11 +157,6 @@ def table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def escaped(cell: str) -> str:
-    """A table cell with its pipes escaped ('star|grass' would split the row)."""
-    return cell.replace("|", "\\|")
-
-
 def group_table(summary: dict) -> str:
     """Per-group test accuracy (mean over seeds): one row per group, one column per method."""
     methods = list(summary)
@@ -168,7 +165,7 @@ def group_table(summary: dict) -> str:
     for g in groups:
         cells = [f"{summary[m]['per_group_mean'][g]:.0%}" if g in summary[m].get("per_group_mean", {}) else "–"
                  for m in methods]
-        rows.append(f"| {escaped(g)} | " + " | ".join(cells) + " |")
+        rows.append(f"| {table_cell(g)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -23,7 +23,7 @@ from blindspot.images import load_image
 from blindspot.world.oracle import HEADS, load_oracle
 from blindspot.world.spec import WorldSpec
 
-from .common import machine, write
+from .common import machine, table_cell, write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = sorted((ROOT / "outputs" / "compare" / "full").glob("*_diffusion/seed*"))
@@ -73,7 +73,7 @@ def main() -> None:
     means = summary(rows)
     table = [["method / planted group", "runs", "kept images of the class", "in the group (oracle)",
               "share in the group", "oracle class agreement", "group test acc"]]
-    table += [[k.replace("|", "\\|"), v["runs"], f"{v['kept_of_class']:.0f}", f"{v['in_group']:.0f}",
+    table += [[table_cell(k), v["runs"], f"{v['kept_of_class']:.0f}", f"{v['in_group']:.0f}",
                f"{v['in_group_share']:.1%}", f"{v['class_agreement']:.1%}", f"{v['test_acc']:.1%}"]
               for k, v in means.items()]
     write("targeting", {"machine": machine(), "runs": rows, "summary": means}, table, quick=False)
