@@ -44,10 +44,20 @@ def generation_quality(backend: DiffusersText2Image, oracle, spec: WorldSpec, pe
                                "background": float((pred["background"][sl] == bi).float().mean())}
     worst_class = min(per, key=lambda k: per[k]["class"])
     worst_bg = min(per, key=lambda k: per[k]["background"])
-    return {"per_pair": per, "gen_class_agreement_min_pair": per[worst_class]["class"], "gen_class_min_pair": worst_class,
+    return {"per_pair": per, "images_per_pair": per_pair,
+            "gen_class_agreement_min_pair": per[worst_class]["class"], "gen_class_min_pair": worst_class,
+            "gen_class_min_pair_ci95": wilson_interval(per[worst_class]["class"], per_pair),
             "gen_background_agreement_min_pair": per[worst_bg]["background"], "gen_background_min_pair": worst_bg,
+            "gen_background_min_pair_ci95": wilson_interval(per[worst_bg]["background"], per_pair),
             "gen_class_agreement_mean": sum(v["class"] for v in per.values()) / len(per),
             "gen_background_agreement_mean": sum(v["background"] for v in per.values()) / len(per)}
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a rate measured on n images (how much a per-pair number can move by chance)."""
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (rate * (1 - rate) / n + z * z / (4 * n * n)) ** 0.5
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
 def diversity(backend: DiffusersText2Image, prompt: str, n: int = 64) -> dict:
@@ -67,13 +77,20 @@ def sample_grid(backend: DiffusersText2Image, spec: WorldSpec, path: Path, per_c
     save_grid((images.clamp(0, 1) * 255).round().to(torch.uint8), path, ncol=len(spec.backgrounds) * per_cell, scale=3)
 
 
-def training_minutes(folder: Path) -> float | None:
-    """Wall minutes recorded by a world-model training script (all stages when it had several)."""
+def training_minutes(folder: Path) -> tuple[float | None, str]:
+    """Wall minutes of a world-model training command (all stages), and which run measured them.
+
+    The newest recorded re-run of the same command counts when there is one (blindspot.world.reproduction).
+    """
     f = folder / "training.json"
     if not f.is_file():
-        return None
+        return None, "no training.json"
     record = json.loads(f.read_text())
-    return record.get("total_wall_minutes", record.get("wall_minutes"))
+    if record.get("reproductions"):
+        rerun = record["reproductions"][-1]
+        return rerun["wall_minutes"], f"re-run of the same command on {rerun['date'][:10]}"
+    minutes = record.get("total_wall_minutes", record.get("wall_minutes"))
+    return minutes, f"the run that made the shipped weights ({record.get('date', '?')[:10]})"
 
 
 def main() -> None:
@@ -87,6 +104,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default: conf/generator/world.yaml)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default: the generator config)")
     p.add_argument("--scheduler", help="sampler name, e.g. dpmsolver++ (default: the pipeline's own)")
+    p.add_argument("--per-pair", type=int, default=32, help="generated images per (class, background) pair")
     p.add_argument("--tag", default="", help="write world_models_<tag>.* instead (for sampler comparisons)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -107,13 +125,14 @@ def main() -> None:
     result["sampler"] = {"steps": backend.steps, "guidance": backend.guidance,
                          "scheduler": type(backend.pipe.scheduler).__name__,
                          "algorithm": getattr(backend.pipe.scheduler.config, "algorithm_type", None)}
-    result.update(generation_quality(backend, oracle, spec, per_pair=2 if args.quick else 16, seed=args.seed))
+    result.update(generation_quality(backend, oracle, spec, per_pair=2 if args.quick else args.per_pair, seed=args.seed))
     result["seed"] = args.seed
     result.update(diversity(backend, caption("star", "grass"), n=8 if args.quick else 64))
     if args.quick:
         result["gen_seconds_64_cpu"] = None  # only the full run times 64 images
-    result["train_minutes_clip"] = training_minutes(weights / "world_clip")
-    result["train_minutes_diffusion"] = training_minutes(weights / "world_diffusion")
+    for name in ("clip", "diffusion"):
+        result[f"train_minutes_{name}"], result[f"train_minutes_{name}_measured_by"] = \
+            training_minutes(weights / f"world_{name}")
     result["floors"], result["ceilings"] = FLOORS, CEILINGS
     result["passed"] = {k: result[k] is not None and result[k] >= v for k, v in FLOORS.items()}
     result["passed"].update({k: result[k] is not None and result[k] <= v for k, v in CEILINGS.items()})
@@ -136,11 +155,15 @@ def markdown(result: dict) -> str:
         passed = result.get("passed", {}).get(k)
         rows.append(f"| {k} | {shown} | {goal} | {'–' if passed is None else 'yes' if passed else 'no'} |")
     sampler = result.get("sampler", {})
-    rows.append(f"\nworst class pair: {result['gen_class_min_pair']}; worst background pair: "
+    low, high = result["gen_class_min_pair_ci95"]
+    rows.append(f"\n{result['images_per_pair']} images per (class, background) pair; worst class pair: "
+                f"{result['gen_class_min_pair']} (95% interval {low:.0%}–{high:.0%}); worst background pair: "
                 f"{result['gen_background_min_pair']}; class agreement mean {result['gen_class_agreement_mean']:.1%}, "
                 f"background mean {result['gen_background_agreement_mean']:.1%}; sampler {sampler.get('algorithm')}, "
                 f"{sampler.get('steps')} steps, guidance {sampler.get('guidance')}; machine: "
                 f"{result['machine']['processor']}, {result['machine']['torch_threads']} threads")
+    rows.append(f"training minutes: CLIP from {result['train_minutes_clip_measured_by']}; diffusion from "
+                f"{result['train_minutes_diffusion_measured_by']}")
     return "\n".join(rows) + "\n"
 
 

@@ -97,3 +97,13 @@ def test_compare_keeps_the_rows_of_methods_not_run_again(tmp_path):
     assert [(e["methods"], e["commit"]) for e in provenance] == [(["none"], "aaa"), (["failure_diffusion"], "bbb")]
     text = render(tmp_path, "compare", summary, provenance)
     assert "| star\\|grass | 50% | 50% |" in text and "at commit bbb" in text
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    """13 of 16 and 50 of 100: the interval contains the rate and widens as n shrinks."""
+    from benchmarks.world_models import wilson_interval
+
+    assert wilson_interval(0.5, 100) == pytest.approx([0.4038, 0.5962], abs=1e-4)
+    low, high = wilson_interval(13 / 16, 16)
+    assert low < 13 / 16 < high and high - low > 0.3
+    assert wilson_interval(1.0, 32)[1] == 1.0

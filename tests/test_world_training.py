@@ -14,10 +14,10 @@ TINY_UNET = ["unet.block_out_channels=[32,32]", "unet.down_block_types=[DownBloc
              "unet.up_block_types=[CrossAttnUpBlock2D,UpBlock2D]", "unet.norm_num_groups=8"]
 
 
-def diffusion_cfg(tmp_path: Path, steps: int, *extra: str):
+def diffusion_cfg(tmp_path: Path, steps: int, *extra: str, config: str = "train_diffusion"):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train_diffusion", overrides=[
+        return compose(config, overrides=[
             *TINY_UNET, f"steps={steps}", "batch_size=4", "warmup=1", "threads=1", "sample_every=1000", "sample_steps=2",
             f"work_dir={tmp_path / 'work'}", f"out_dir={tmp_path / 'out'}", *extra])
 
@@ -53,3 +53,63 @@ def test_diffusion_training_resumes_exactly_and_exports_a_pipeline(tmp_path, mon
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
     assert (tmp_path / "straight" / "out" / "training.json").is_file()
+
+
+def test_the_second_stage_continues_the_first_in_place_and_keeps_its_record(tmp_path):
+    """train_diffusion_continue starts from the first stage's pipeline folder, overwrites it, sums the wall time."""
+    import json
+
+    from blindspot.world import train_diffusion
+
+    train_diffusion.train(diffusion_cfg(tmp_path, 2))
+    first = json.loads((tmp_path / "out" / "training.json").read_text())
+    cfg = diffusion_cfg(tmp_path, 1, f"init_from={tmp_path / 'out'}", f"work_dir={tmp_path / 'work2'}",
+                        config="train_diffusion_continue")
+    assert cfg.lr == 1.0e-4 and cfg.unet.block_out_channels == [32, 32]  # its own knobs over stage 1's
+    train_diffusion.train(cfg)
+    second = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert second["steps"] == 1 and second["previous_stages"] == [first]
+    assert second["total_wall_minutes"] == pytest.approx(first["wall_minutes"] + second["wall_minutes"], abs=0.02)
+
+
+def write_checkpoint(folder: Path, scale: float, wall_minutes: float) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.ones(3, 4) * scale, "b": torch.ones(4) * scale}, str(folder / "model.safetensors"))
+    (folder / "training.json").write_text(json.dumps({
+        "checkpoint": "model.safetensors", "date": "2026-12-01 10:00:00", "command": "python -m x", "steps": 5,
+        "batch_size": 2, "wall_minutes": wall_minutes, "metrics": {"acc": 0.9}, "machine": {"cpu_count": 2}}))
+
+
+def test_a_rerun_is_recorded_beside_the_shipped_provenance(tmp_path):
+    """The re-run's time, metrics and relative weight distance are appended; the shipped record stays as it was."""
+    import json
+
+    from benchmarks.world_models import training_minutes
+    from blindspot.world.reproduction import record
+
+    write_checkpoint(tmp_path / "shipped", 1.0, wall_minutes=70.0)
+    write_checkpoint(tmp_path / "rerun", 1.1, wall_minutes=12.0)
+    assert training_minutes(tmp_path / "shipped")[0] == 70.0
+    entry = record(tmp_path / "shipped", tmp_path / "rerun")
+    assert entry["relative_weight_distance"] == pytest.approx(0.1, abs=1e-6)
+    assert not entry["bitwise_identical"]
+    saved = json.loads((tmp_path / "shipped" / "training.json").read_text())
+    assert saved["wall_minutes"] == 70.0 and saved["reproductions"] == [entry]
+    minutes, source = training_minutes(tmp_path / "shipped")
+    assert minutes == 12.0 and "re-run" in source
+
+
+def test_a_rerun_of_another_model_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from blindspot.world.reproduction import record
+
+    write_checkpoint(tmp_path / "shipped", 1.0, wall_minutes=70.0)
+    write_checkpoint(tmp_path / "rerun", 1.0, wall_minutes=12.0)
+    save_file({"other": torch.ones(2)}, str(tmp_path / "rerun" / "model.safetensors"))
+    with pytest.raises(ValueError, match="different tensors"):
+        record(tmp_path / "shipped", tmp_path / "rerun")
