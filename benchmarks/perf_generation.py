@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from blindspot.generation.backends import DiffusersText2Image
 from blindspot.world.oracle import load_or_train_oracle
@@ -55,20 +56,21 @@ def agreement(backend: DiffusersText2Image, oracle, spec: WorldSpec, per_pair: i
     return float(((pred["class"] == t[:, 0]) & (pred["background"] == t[:, 1])).float().mean())
 
 
-def fast_vs_default(model: str, oracle, spec: WorldSpec, device: str, per_pair: int, n_time: int,
+def fast_vs_default(model: str, oracle, spec: WorldSpec, device: str, per_pair: int, n_time: int, guidance: float,
                     fast_steps: int = 20, default_steps: int = 50) -> dict:
-    """The shipped fast path (20 DPM-Solver++ steps) against the pipeline's own defaults (50 steps)."""
-    fast = DiffusersText2Image(model, device=device, num_inference_steps=fast_steps, guidance_scale=3.0, height=32,
-                               width=32, batch_size=64, progress=False)
-    default = DiffusersText2Image(model, device=device, num_inference_steps=default_steps, guidance_scale=3.0,
+    """The shipped fast path (20 sampler steps) against the pipeline's own default step count (50), same sampler."""
+    fast = DiffusersText2Image(model, device=device, num_inference_steps=fast_steps, guidance_scale=guidance,
+                               height=32, width=32, batch_size=64, progress=False)
+    default = DiffusersText2Image(model, device=device, num_inference_steps=default_steps, guidance_scale=guidance,
                                   height=32, width=32, batch_size=64, progress=False)
+    sampler = getattr(fast.pipe.scheduler.config, "algorithm_type", None) or type(fast.pipe.scheduler).__name__
     prompts = [caption("star", "grass")] * n_time
     t = interleaved({"fast": lambda: fast.generate(prompts, list(range(n_time))),
                      "default": lambda: default.generate(prompts, list(range(n_time)))}, repeats=2)
     a_fast, a_default = agreement(fast, oracle, spec, per_pair), agreement(default, oracle, spec, per_pair)
     return {"seconds_fast": t["fast"], "seconds_default": t["default"], "speedup_fast_vs_default":
             t["default"] / t["fast"], "oracle_agreement_fast": a_fast, "oracle_agreement_default": a_default,
-            "agreement_drop": a_default - a_fast, "fast": f"{fast_steps} steps DPM-Solver++(2M), batch 64",
+            "agreement_drop": a_default - a_fast, "guidance": guidance, "fast": f"{fast_steps} steps {sampler}, batch 64",
             "default": f"{default_steps} steps (StableDiffusionPipeline default: 50), same sampler, batch 64"}
 
 
@@ -97,13 +99,14 @@ def main() -> None:
     n = 4 if args.quick else args.images
     steps = (2, 5) if args.quick else (20, 50)  # quick: a plumbing check, not the numbers
     result = {"machine": machine(args.threads), "quick": args.quick}
-    result["world"] = wrapper_ratio(world, n, steps[0], 3.0, 32, args.device, repeats=1 if args.quick else 3)
+    guidance = OmegaConf.load(ROOT / "conf" / "generator" / "world.yaml").guidance_scale  # what a run uses
+    result["world"] = wrapper_ratio(world, n, steps[0], guidance, 32, args.device, repeats=1 if args.quick else 3)
     with tempfile.TemporaryDirectory() as tmp:
         result["tiny_sd"] = wrapper_ratio(tiny_sd(Path(tmp)), n, 2 if args.quick else 10, 7.5, 64, args.device,
                                           repeats=1 if args.quick else 3)
     oracle = load_or_train_oracle(ROOT / ".cache" / "oracle", spec, steps=1500)
     result["fast_path"] = fast_vs_default(world, oracle, spec, args.device, per_pair=1 if args.quick else args.per_pair,
-                                          n_time=n, fast_steps=steps[0], default_steps=steps[1])
+                                          n_time=n, guidance=guidance, fast_steps=steps[0], default_steps=steps[1])
     result["ratio_vs_raw"] = min(result["world"]["ratio_vs_raw"], result["tiny_sd"]["ratio_vs_raw"])
     result["speedup_fast_vs_default"] = result["fast_path"]["speedup_fast_vs_default"]
     result["agreement_drop"] = result["fast_path"]["agreement_drop"]

@@ -23,7 +23,7 @@ from blindspot.generation.rounds import (GenerationFailedError, RoundRunner, Rou
                                          remove_strays, save_plan)
 
 from .common import find_callback
-from .discovery import FailureDiscovery
+from .discovery import FailureDiscovery, require_discovery
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ class DiffusionAugmentation(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            if find_callback(trainer, FailureDiscovery) is None:
-                raise ValueError("DiffusionAugmentation needs a FailureDiscovery callback (use +augment=failure_diffusion)")
+            require_discovery(trainer, "DiffusionAugmentation", "failure_diffusion")
             self.check_writable()
             if hasattr(self.generator, "pipe"):
                 _ = self.generator.pipe  # load (or fail with a clear message) before training starts

@@ -23,7 +23,7 @@ from blindspot.baselines.dfr import fit_dfr, penultimate_features
 from blindspot.baselines.groups import groups_from_members
 
 from .common import find_callback
-from .discovery import FailureDiscovery
+from .discovery import FailureDiscovery, require_discovery
 
 GROUPS = ("ground_truth", "discovered")
 
@@ -57,8 +57,8 @@ class LastLayerRetraining(Callback):
         self.head(pl_module)
         if self.groups == "ground_truth" and not trainer.datamodule.group_names:
             raise ValueError("dfr balances by ground-truth groups and this data has none: use +augment=dfr_discovered")
-        if self.groups == "discovered" and find_callback(trainer, FailureDiscovery) is None:
-            raise ValueError("dfr groups=discovered needs a FailureDiscovery callback (use +augment=dfr_discovered)")
+        if self.groups == "discovered":
+            require_discovery(trainer, "dfr groups=discovered", "dfr_discovered")
 
     def _val_groups(self, trainer: Trainer) -> tuple[torch.Tensor, list[str]]:
         dm = trainer.datamodule

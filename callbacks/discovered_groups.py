@@ -17,8 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from blindspot.baselines.groups import assign_groups
 from blindspot.embedding import embed_dataset
 
-from .common import find_callback
-from .discovery import FailureDiscovery
+from .discovery import require_discovery, take_pending_round
 
 
 class DiscoveredGroups(Callback):
@@ -31,8 +30,7 @@ class DiscoveredGroups(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if find_callback(trainer, FailureDiscovery) is None:
-            raise ValueError("DiscoveredGroups needs a FailureDiscovery callback (use +augment=group_dro_discovered)")
+        require_discovery(trainer, "DiscoveredGroups", "group_dro_discovered")
         hp = pl_module.hparams
         if getattr(hp, "loss", None) != "group_dro" or getattr(hp, "dro_groups", None) != "discovered":
             raise ValueError("DiscoveredGroups feeds a group-DRO loss over discovered groups: set model.loss=group_dro "
@@ -42,8 +40,7 @@ class DiscoveredGroups(Callback):
             dm.set_loss_groups(torch.full((len(dm.train_set),), -1, dtype=torch.long), [])
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        discovery = find_callback(trainer, FailureDiscovery)
-        rnd = discovery.take_pending(trainer) if discovery else None
+        discovery, rnd = take_pending_round(trainer)
         if rnd is None:
             return
         dm = trainer.datamodule

@@ -15,7 +15,7 @@ from blindspot.clip import ClipModel, load_clip
 from blindspot.embedding import embed_dataset
 from blindspot.modes import FailureMode
 
-from .common import gather_by_index, timed
+from .common import find_callback, gather_by_index, timed
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +144,17 @@ class FailureDiscovery(Callback):
         self.rounds = [Round.from_dict(r) for r in state_dict.get("rounds", [])]
         self.mode_accuracy = dict(state_dict.get("mode_accuracy", {}))
         self.pending = None
+
+
+def require_discovery(trainer: Trainer, consumer: str, augment: str) -> FailureDiscovery:
+    """The run's FailureDiscovery callback; a consumer without one fails at setup, naming the preset that adds it."""
+    discovery = find_callback(trainer, FailureDiscovery)
+    if discovery is None:
+        raise ValueError(f"{consumer} needs a FailureDiscovery callback (use +augment={augment})")
+    return discovery
+
+
+def take_pending_round(trainer: Trainer) -> tuple[FailureDiscovery | None, Round | None]:
+    """The FailureDiscovery callback and the round it has ready for one consumer (no round: None)."""
+    discovery = find_callback(trainer, FailureDiscovery)
+    return discovery, discovery.take_pending(trainer) if discovery else None

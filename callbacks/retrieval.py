@@ -19,8 +19,7 @@ from blindspot.baselines.retrieval import select_for_modes
 from blindspot.embedding import embed_dataset
 from blindspot.images import save_png
 
-from .common import find_callback
-from .discovery import FailureDiscovery
+from .discovery import require_discovery, take_pending_round
 
 
 class PoolRetrieval(Callback):
@@ -39,8 +38,7 @@ class PoolRetrieval(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if find_callback(trainer, FailureDiscovery) is None:
-            raise ValueError("PoolRetrieval needs a FailureDiscovery callback (use +augment=retrieval)")
+        require_discovery(trainer, "PoolRetrieval", "retrieval")
         if trainer.datamodule.pool_split() is None:
             raise ValueError(f"retrieval needs a weakly labelled pool of candidate images, and "
                              f"{type(trainer.datamodule).__name__} has none: use the built-in world (data=world, "
@@ -48,8 +46,7 @@ class PoolRetrieval(Callback):
                              "returns one")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        discovery = find_callback(trainer, FailureDiscovery)
-        rnd = discovery.take_pending(trainer) if discovery else None
+        discovery, rnd = take_pending_round(trainer)
         if rnd is None:
             return
         dm = trainer.datamodule

@@ -48,7 +48,7 @@ def test_diffusion_training_resumes_exactly_and_exports_a_pipeline(tmp_path, mon
     assert a["step"] == b["step"] == 3
     for key, value in a["unet"].items():
         assert torch.equal(value, b["unet"][key]), key
-    pipe = AutoPipelineForText2Image.from_pretrained(tmp_path / "straight" / "out", torch_dtype=torch.float32)
+    pipe = AutoPipelineForText2Image.from_pretrained(tmp_path / "straight" / "out", dtype=torch.float32)
     out = pipe(["a star on grass"], num_inference_steps=2, height=32, width=32, output_type="pt",
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
