@@ -6,16 +6,12 @@ error rate lies far above the class's. Batched k-means (k-means++ seeding) over 
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
 
-from blindspot.discovery.scoring import (binomial_z, check_common_knobs, check_inputs, class_batches, ClassBatch,
-                                         Discovery, error_counts, name_list, rank_modes, summarize)
+from blindspot.discovery.scoring import binomial_z, check_common_knobs, ClassBatch, Discovery
 from blindspot.modes import FailureMode
-
-log = logging.getLogger(__name__)
 
 
 class ErrorClusters(Discovery):
@@ -64,28 +60,14 @@ class ErrorClusters(Discovery):
         self.seed = seed
         self.modes_: list[FailureMode] = []
 
-    def fit(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, class_names: Sequence[str]
-    ) -> "ErrorClusters":
-        """Find the error clusters of every class with >= min_errors errors; sets `modes_`."""
-        x, labels, preds = check_inputs(embeddings, labels, preds, class_names)
-        wrong = labels != preds
-        n_cls = len(class_names)
-        counts, errors = error_counts(labels, wrong, n_cls)
-        eligible = (errors >= self.min_errors) & (errors < counts) & (counts > self.min_support)
-        skipped = [class_names[c] for c in torch.nonzero((counts > 0) & ~eligible).flatten().tolist()]
-        if skipped:
-            log.info("clusters: skipping %d class(es) with < %d errors, no correct predictions or <= %d samples: %s",
-                     len(skipped), self.min_errors, self.min_support, name_list(skipped))
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        cells = max(1, self.max_batch_bytes // (12 * (x.shape[1] + 1)))  # gathered rows, features, a temporary
-        modes = []
-        for batch in class_batches(labels, torch.nonzero(eligible).flatten(), cells):
-            modes += self._fit_batch(x, wrong, batch, class_names, gen)
-        self.modes_ = rank_modes(modes, self.max_modes_per_class, self.max_modes)
-        log.info("clusters: %d failure mode(s) in %d searched class(es)%s",
-                 len(self.modes_), int(eligible.sum()), summarize(self.modes_))
-        return self
+    def _eligible(self, counts: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+        return (errors >= self.min_errors) & (errors < counts) & (counts > self.min_support)
+
+    def _too_few(self) -> str:
+        return f"< {self.min_errors} errors, no correct predictions or <= {self.min_support} samples"
+
+    def _row_bytes(self, dim: int) -> int:
+        return 12 * (dim + 1)  # gathered rows, features, a temporary
 
     def _fit_batch(
         self, x: torch.Tensor, wrong: torch.Tensor, batch: ClassBatch, class_names: Sequence[str],

@@ -16,8 +16,7 @@ from typing import Sequence
 
 import torch
 
-from blindspot.discovery.scoring import (best_prefix, check_common_knobs, check_inputs, class_batches, ClassBatch,
-                                         Discovery, error_counts, name_list, rank_modes, summarize)
+from blindspot.discovery.scoring import best_prefix, check_common_knobs, ClassBatch, Discovery
 from blindspot.discovery.svm import linear_svm
 from blindspot.modes import FailureMode
 
@@ -98,27 +97,20 @@ class FailureDirections(Discovery):
         self.directions_: dict[int, ClassDirection] = {}
         self.modes_: list[FailureMode] = []
 
-    def fit(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, class_names: Sequence[str]
-    ) -> "FailureDirections":
+    def fit(self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+            class_names: Sequence[str]) -> "FailureDirections":
         """Fit one failure direction per eligible class; sets `directions_` and `modes_`."""
-        x, labels, preds = check_inputs(embeddings, labels, preds, class_names)
-        wrong = labels != preds
-        counts, errors = error_counts(labels, wrong, len(class_names))
-        eligible = (errors >= self.min_errors) & (counts - errors >= self.min_errors)
-        skipped = [class_names[c] for c in torch.nonzero((counts > 0) & ~eligible).flatten().tolist()]
-        if skipped:
-            log.info("directions: skipping %d class(es) with < %d errors or < %d correct predictions: %s",
-                     len(skipped), self.min_errors, self.min_errors, name_list(skipped))
-        self.directions_, modes = {}, []
-        gen = torch.Generator().manual_seed(self.seed)
-        cells = max(1, self.max_batch_bytes // (8 * x.shape[1]))  # a sample row, and room for a transposed copy
-        for batch in class_batches(labels, torch.nonzero(eligible).flatten(), cells):
-            modes += self._fit_batch(x, wrong, batch, class_names, gen)
-        self.modes_ = rank_modes(modes, None, self.max_modes)
-        log.info("directions: %d failure mode(s) in %d searched class(es)%s",
-                 len(self.modes_), int(eligible.sum()), summarize(self.modes_))
-        return self
+        self.directions_ = {}
+        return super().fit(embeddings, labels, preds, class_names)
+
+    def _eligible(self, counts: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+        return (errors >= self.min_errors) & (counts - errors >= self.min_errors)
+
+    def _too_few(self) -> str:
+        return f"< {self.min_errors} errors or < {self.min_errors} correct predictions"
+
+    def _row_bytes(self, dim: int) -> int:
+        return 8 * dim  # a sample row, and room for a transposed copy
 
     def _fit_batch(
         self, x: torch.Tensor, wrong: torch.Tensor, batch: ClassBatch, class_names: Sequence[str],

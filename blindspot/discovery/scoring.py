@@ -123,10 +123,15 @@ def rank_modes(modes: list[FailureMode], max_modes_per_class: int | None, max_mo
 
 
 class Discovery:
-    """What every discovery method shares: `fit(...)` sets `modes_`; calling the method returns them."""
+    """What every discovery method shares: `fit(...)` searches each eligible class and sets `modes_`; calling the
+    method returns them. A method supplies `_eligible`, `_too_few`, `_row_bytes` and `_fit_batch`."""
 
     name = ""
     modes_: list[FailureMode]
+    max_modes_per_class: int | None = None
+    max_modes: int | None = None
+    max_batch_bytes: int = 2**30
+    seed: int = 0
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
                  class_names: Sequence[str]) -> list[FailureMode]:
@@ -135,6 +140,41 @@ class Discovery:
 
     def fit(self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
             class_names: Sequence[str]) -> "Discovery":
+        """Search every eligible class, in padded batches of classes, and rank what is found; sets `modes_`."""
+        method_log = logging.getLogger(type(self).__module__)
+        x, labels, preds = check_inputs(embeddings, labels, preds, class_names)
+        wrong = labels != preds
+        counts, errors = error_counts(labels, wrong, len(class_names))
+        eligible = self._eligible(counts, errors)
+        skipped = [class_names[c] for c in torch.nonzero((counts > 0) & ~eligible).flatten().tolist()]
+        if skipped:
+            method_log.info("%s: skipping %d class(es) with %s: %s", self.name, len(skipped), self._too_few(),
+                            name_list(skipped))
+        gen = torch.Generator().manual_seed(self.seed)
+        cells = max(1, self.max_batch_bytes // self._row_bytes(x.shape[1]))
+        modes = []
+        for batch in class_batches(labels, torch.nonzero(eligible).flatten(), cells):
+            modes += self._fit_batch(x, wrong, batch, class_names, gen)
+        self.modes_ = rank_modes(modes, self.max_modes_per_class, self.max_modes)
+        method_log.info("%s: %d failure mode(s) in %d searched class(es)%s",
+                        self.name, len(self.modes_), int(eligible.sum()), summarize(self.modes_))
+        return self
+
+    def _eligible(self, counts: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+        """Which classes are searched, from their sample and error counts."""
+        raise NotImplementedError
+
+    def _too_few(self) -> str:
+        """Why an ineligible class was skipped, for the log."""
+        raise NotImplementedError
+
+    def _row_bytes(self, dim: int) -> int:
+        """Bytes one gathered sample costs while a batch of classes is searched."""
+        raise NotImplementedError
+
+    def _fit_batch(self, x: torch.Tensor, wrong: torch.Tensor, batch: "ClassBatch", class_names: Sequence[str],
+                   gen: torch.Generator) -> list[FailureMode]:
+        """The modes of one padded batch of classes."""
         raise NotImplementedError
 
 
