@@ -33,7 +33,9 @@ def record(shipped_dir: Path, rerun_dir: Path) -> dict:
         relative_weight_distance(shipped_dir / checkpoint, rerun_dir / rerun["checkpoint"]), 6)
     entry["bitwise_identical"] = entry["relative_weight_distance"] == 0.0
     shipped.setdefault("reproductions", []).append(entry)
-    (shipped_dir / "training.json").write_text(json.dumps(shipped, indent=2) + "\n")
+    tmp = shipped_dir / "training.json.tmp"  # write, then rename: a kill never leaves half a record
+    tmp.write_text(json.dumps(shipped, indent=2) + "\n")
+    tmp.replace(shipped_dir / "training.json")
     return entry
 
 

@@ -92,6 +92,12 @@ def warm_start(unet, folder: Path) -> None:
     log.info("warm start from %s; freshly initialised: %s", folder, sorted({k.split('.')[0] for k in missing}))
 
 
+def previous_stages(cfg: DictConfig) -> list[dict]:
+    """The training record of the pipeline this run starts from (init_from), read before anything overwrites it."""
+    previous = Path(cfg.init_from or "") / "training.json"
+    return [json.loads(previous.read_text())] if cfg.init_from and previous.is_file() else []
+
+
 def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
     """Last hidden states of the text encoder, as Stable Diffusion conditions on them."""
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -115,6 +121,8 @@ def train(cfg: DictConfig) -> dict:
     work, step, history = Path(cfg.work_dir), 0, []
     work.mkdir(parents=True, exist_ok=True)
     state = load_state(work / "state.pt")
+    # the record of earlier stages lives in the state, so a finished stage re-exported in place does not chain itself
+    stages = state.get("previous_stages", []) if state else previous_stages(cfg)
     if state:
         unet.load_state_dict(state["unet"])
         opt.load_state_dict(state["optimizer"])
@@ -134,8 +142,8 @@ def train(cfg: DictConfig) -> dict:
 
     def save():
         atomic_torch_save({"unet": unet.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                           "step": step, "history": history, "seconds": watch.seconds, "cpu_seconds": watch.cpu_seconds},
-                          work / "state.pt")
+                           "step": step, "history": history, "seconds": watch.seconds, "cpu_seconds": watch.cpu_seconds,
+                           "previous_stages": stages}, work / "state.pt")
 
     if cfg.export_only:  # write the pipeline from the saved state (e.g. to try a half-trained model)
         ema_pipeline().save_pretrained(Path(cfg.out_dir), safe_serialization=True)
@@ -182,8 +190,6 @@ def train(cfg: DictConfig) -> dict:
     pipe = ema_pipeline()
     pipe.text_encoder.to(torch.float16)  # the largest part is the 49k-token embedding table: ship it in fp16
     pipe.save_pretrained(out, safe_serialization=True)
-    previous = Path(cfg.init_from or "") / "training.json"
-    stages = [json.loads(previous.read_text())] if cfg.init_from and previous.is_file() else []
     earlier = sum(st.get("total_wall_minutes", st.get("wall_minutes", 0)) for st in stages)  # all earlier stages
     write_provenance(out, steps=cfg.steps, batch_size=cfg.batch_size, unet_parameters=n_params, previous_stages=stages,
                      total_wall_minutes=round(watch.seconds / 60 + earlier, 2),
