@@ -1,4 +1,4 @@
-"""The world diffusion training script: a tiny UNet trains, resumes exactly, and exports a loadable pipeline."""
+"""The world training scripts: tiny runs train, resume exactly and export loadable models; provenance records."""
 
 from __future__ import annotations
 
@@ -116,3 +116,43 @@ def test_a_rerun_of_another_model_is_refused(tmp_path):
     save_file({"other": torch.ones(2)}, str(tmp_path / "rerun" / "model.safetensors"))
     with pytest.raises(ValueError, match="different tensors"):
         record(tmp_path / "shipped", tmp_path / "rerun")
+
+
+def clip_cfg(tmp_path: Path, steps: int, *extra: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train_clip", overrides=[
+            f"steps={steps}", "batch_size=8", "warmup=1", "threads=1", "eval_every=1000", "eval_images=12",
+            f"work_dir={tmp_path / 'work'}", f"out_dir={tmp_path / 'out'}", *extra])
+
+
+def test_clip_training_resumes_exactly_and_exports_a_loadable_checkpoint(tmp_path, monkeypatch):
+    """A CLIP run killed after step 2 and resumed ends with the weights of an unkilled run; open_clip loads the export."""
+    import json
+
+    from blindspot.clip import load_clip
+    from blindspot.world import train_clip
+
+    train_clip.train(clip_cfg(tmp_path / "straight", 3))
+    real_batch, calls = train_clip.corpus_batch, []
+
+    def dies_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_clip, "corpus_batch", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_clip.train(clip_cfg(tmp_path / "resumed", 3, "checkpoint_minutes=0"))
+    assert torch.load(tmp_path / "resumed" / "work" / "state.pt", weights_only=False)["step"] == 2
+    monkeypatch.setattr(train_clip, "corpus_batch", real_batch)
+    train_clip.train(clip_cfg(tmp_path / "resumed", 3))
+    a = torch.load(tmp_path / "straight" / "work" / "state.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "work" / "state.pt", weights_only=False)["model"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+    exported = tmp_path / "straight" / "out" / "open_clip_model.safetensors"
+    clip = load_clip("blindspot-world-clip", pretrained=str(exported))
+    assert clip.encode_texts(["a star on grass"]).shape[-1] == 128
+    assert json.loads((tmp_path / "straight" / "out" / "training.json").read_text())["steps"] == 3
