@@ -22,14 +22,10 @@ def diffusion_cfg(tmp_path: Path, steps: int, *extra: str, config: str = "train_
             f"work_dir={tmp_path / 'work'}", f"out_dir={tmp_path / 'out'}", *extra])
 
 
-def test_diffusion_training_resumes_exactly_and_exports_a_pipeline(tmp_path, monkeypatch):
-    """A run killed after step 2 (state saved every step) and resumed ends with the weights of an unkilled run."""
-    from diffusers import AutoPipelineForText2Image
-
-    from blindspot.world import train_diffusion
-
-    train_diffusion.train(diffusion_cfg(tmp_path / "straight", 3))
-    real_batch, calls = train_diffusion.corpus_batch, []
+def straight_and_killed_then_resumed(script, make_cfg, tmp_path: Path, monkeypatch, steps: int = 3):
+    """Train `steps` in one go and, separately, killed before step 3 then resumed; return both final states."""
+    script.train(make_cfg(tmp_path / "straight", steps))
+    real_batch, calls = script.corpus_batch, []
 
     def dies_at_step_3(*args, **kwargs):
         calls.append(1)
@@ -37,14 +33,22 @@ def test_diffusion_training_resumes_exactly_and_exports_a_pipeline(tmp_path, mon
             raise KeyboardInterrupt("killed")
         return real_batch(*args, **kwargs)
 
-    monkeypatch.setattr(train_diffusion, "corpus_batch", dies_at_step_3)
+    monkeypatch.setattr(script, "corpus_batch", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        train_diffusion.train(diffusion_cfg(tmp_path / "resumed", 3, "checkpoint_minutes=0"))
+        script.train(make_cfg(tmp_path / "resumed", steps, "checkpoint_minutes=0"))
     assert torch.load(tmp_path / "resumed" / "work" / "state.pt", weights_only=False)["step"] == 2
-    monkeypatch.setattr(train_diffusion, "corpus_batch", real_batch)
-    train_diffusion.train(diffusion_cfg(tmp_path / "resumed", 3))
-    a = torch.load(tmp_path / "straight" / "work" / "state.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "work" / "state.pt", weights_only=False)
+    monkeypatch.setattr(script, "corpus_batch", real_batch)
+    script.train(make_cfg(tmp_path / "resumed", steps))
+    return tuple(torch.load(tmp_path / run / "work" / "state.pt", weights_only=False) for run in ("straight", "resumed"))
+
+
+def test_diffusion_training_resumes_exactly_and_exports_a_pipeline(tmp_path, monkeypatch):
+    """A run killed after step 2 (state saved every step) and resumed ends with the weights of an unkilled run."""
+    from diffusers import AutoPipelineForText2Image
+
+    from blindspot.world import train_diffusion
+
+    a, b = straight_and_killed_then_resumed(train_diffusion, diffusion_cfg, tmp_path, monkeypatch)
     assert a["step"] == b["step"] == 3
     for key, value in a["unet"].items():
         assert torch.equal(value, b["unet"][key]), key
@@ -133,23 +137,7 @@ def test_clip_training_resumes_exactly_and_exports_a_loadable_checkpoint(tmp_pat
     from blindspot.clip import load_clip
     from blindspot.world import train_clip
 
-    train_clip.train(clip_cfg(tmp_path / "straight", 3))
-    real_batch, calls = train_clip.corpus_batch, []
-
-    def dies_at_step_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        return real_batch(*args, **kwargs)
-
-    monkeypatch.setattr(train_clip, "corpus_batch", dies_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        train_clip.train(clip_cfg(tmp_path / "resumed", 3, "checkpoint_minutes=0"))
-    assert torch.load(tmp_path / "resumed" / "work" / "state.pt", weights_only=False)["step"] == 2
-    monkeypatch.setattr(train_clip, "corpus_batch", real_batch)
-    train_clip.train(clip_cfg(tmp_path / "resumed", 3))
-    a = torch.load(tmp_path / "straight" / "work" / "state.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "resumed" / "work" / "state.pt", weights_only=False)["model"]
+    a, b = (state["model"] for state in straight_and_killed_then_resumed(train_clip, clip_cfg, tmp_path, monkeypatch))
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
     exported = tmp_path / "straight" / "out" / "open_clip_model.safetensors"
