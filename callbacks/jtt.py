@@ -5,7 +5,8 @@ Epochs 1..T train the identification model (ERM; `model.loss=weighted` with all 
 (after its validation) the callback finds that model's training-set errors and gives them loss weight λ through
 `datamodule.set_sample_weights` (per-sample loss weights, not upsampling). At the start of epoch T+1 it
 re-initialises the network in place (a freshly built twin, seeded) and rebuilds the optimiser and scheduler with
-`trainer.strategy.setup_optimizers`, so the second model trains from scratch for the remaining epochs. Both steps
+`trainer.strategy.setup_optimizers`, so the second model trains from scratch for the remaining epochs
+(or for `final_epochs` of its own, which extends the run as the JTT paper does). Both steps
 are recorded in `state_dict`: a run resumed between them, or later, continues exactly.
 """
 
@@ -24,13 +25,16 @@ from .common import gather_by_index
 class JustTrainTwice(Callback):
     """Train T epochs with ERM, upweight that model's training errors by λ, restart the network, train on."""
 
-    def __init__(self, identification_epochs: int = 2, upweight: float = 6.0, seed: int = 0, batch_size: int = 256):
+    def __init__(self, identification_epochs: int = 2, upweight: float = 6.0, seed: int = 0, batch_size: int = 256,
+                 final_epochs: int | None = None):
         if identification_epochs < 1:
             raise ValueError(f"jtt identification_epochs={identification_epochs}: must be >= 1 (T ERM epochs)")
         if not float(upweight) >= 1.0:
             raise ValueError(f"jtt upweight={upweight}: λ must be >= 1 (1 = plain ERM)")
         self.identification_epochs, self.upweight, self.seed = identification_epochs, float(upweight), seed
-        self.batch_size = batch_size
+        if final_epochs is not None and final_epochs < 1:
+            raise ValueError(f"jtt final_epochs={final_epochs}: must be >= 1, or null for what trainer.max_epochs leaves")
+        self.batch_size, self.final_epochs = batch_size, final_epochs
         self.errors: list[int] | None = None  # error set of the identification model (train indices)
         self.restarted = False  # whether the second model has been started
         self.stats: dict = {}
@@ -38,7 +42,14 @@ class JustTrainTwice(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if trainer.max_epochs is not None and trainer.max_epochs <= self.identification_epochs:
+        if self.final_epochs is not None:  # the paper's protocol: the second model gets a schedule of its own
+            total = self.identification_epochs + self.final_epochs
+            if trainer.max_epochs != total:
+                rank_zero_info(f"[jtt] final_epochs={self.final_epochs}: {total} epochs in all "
+                               f"({self.identification_epochs} + {self.final_epochs}; trainer.max_epochs was "
+                               f"{trainer.max_epochs})")
+                trainer.fit_loop.max_epochs = total
+        elif trainer.max_epochs is not None and trainer.max_epochs <= self.identification_epochs:
             raise ValueError(f"jtt identification_epochs={self.identification_epochs} leaves no epoch for the second "
                              f"model (trainer.max_epochs={trainer.max_epochs}): lower it or raise trainer.max_epochs")
         if getattr(pl_module.hparams, "loss", None) != "weighted" or not hasattr(pl_module, "build_net"):

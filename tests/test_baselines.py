@@ -274,6 +274,16 @@ def test_jtt_upweights_the_identification_errors_and_trains_a_fresh_model(compos
     assert report["method"] == "jtt" and report["extra"]["jtt"]["error_set_size"] == len(wrong)
 
 
+def test_jtt_final_epochs_gives_the_second_model_a_full_run(compose_cfg, tmp_path):
+    """final_epochs=2 after 1 identification epoch: 3 epochs in all, though trainer.max_epochs says 2."""
+    cfg = compose_cfg(TINY_WORLD + ["+augment=jtt", "trainer.max_epochs=2", "callbacks.jtt.identification_epochs=1",
+                                    "callbacks.jtt.final_epochs=2", "test=false"])
+    probe = Probe()
+    trainer, _, _ = fit(cfg, probe)
+    jtt = next(c for c in trainer.callbacks if type(c).__name__ == "JustTrainTwice")
+    assert sorted(probe.batches) == [0, 1, 2] and jtt.stats["second_model_start_epoch"] == 1
+
+
 def test_jtt_resumed_between_identification_and_restart_is_exact(compose_cfg, tmp_path):
     from train import run
 
