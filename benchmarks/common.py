@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
 
 
@@ -25,6 +27,11 @@ def machine(threads: int | None = None) -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average_at_start": os.getloadavg(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "open_clip": open_clip.__version__}
+
+
+def world_generator_settings() -> DictConfig:
+    """conf/generator/world.yaml: the sampler settings a run on the built-in world uses."""
+    return OmegaConf.load(ROOT / "conf" / "generator" / "world.yaml")
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: int = 1) -> dict[str, float]:

@@ -13,13 +13,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from blindspot.generation.backends import DiffusersText2Image
 from blindspot.world.oracle import load_or_train_oracle
 from blindspot.world.spec import WorldSpec, caption
 
-from .common import interleaved, machine, write
+from .common import interleaved, machine, world_generator_settings, write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +98,7 @@ def main() -> None:
     n = 4 if args.quick else args.images
     steps = (2, 5) if args.quick else (20, 50)  # quick: a plumbing check, not the numbers
     result = {"machine": machine(args.threads), "quick": args.quick}
-    guidance = OmegaConf.load(ROOT / "conf" / "generator" / "world.yaml").guidance_scale  # what a run uses
+    guidance = world_generator_settings().guidance_scale  # what a run uses
     result["world"] = wrapper_ratio(world, n, steps[0], guidance, 32, args.device, repeats=1 if args.quick else 3)
     with tempfile.TemporaryDirectory() as tmp:
         result["tiny_sd"] = wrapper_ratio(tiny_sd(Path(tmp)), n, 2 if args.quick else 10, 7.5, 64, args.device,

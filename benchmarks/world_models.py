@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from blindspot.clip import load_clip
 from blindspot.generation.backends import DiffusersText2Image
@@ -23,8 +21,9 @@ from blindspot.world.oracle import load_or_train_oracle, oracle_accuracy
 from blindspot.world.spec import WorldSpec, caption
 from blindspot.world.training import machine
 
+from .common import RESULTS, world_generator_settings
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", ROOT / "benchmarks" / "results"))
 FLOORS = {"clip_class_acc": 0.95, "clip_background_acc": 0.95, "clip_color_acc": 0.90, "clip_retrieval_r1": 0.60,
           "gen_class_agreement_min_pair": 0.85, "gen_background_agreement_min_pair": 0.90}
 CEILINGS = {"gen_seconds_64_cpu": 60.0, "train_minutes_clip": 30.0, "train_minutes_diffusion": 90.0}  # budgets
@@ -116,7 +115,7 @@ def main() -> None:
     result.update(clip_quality(clip, spec, n=300 if args.quick else 3000))
     oracle = load_or_train_oracle(ROOT / ".cache" / "oracle", spec, steps=1500)
     result["oracle_clean_accuracy"] = oracle_accuracy(oracle, spec, n=500 if args.quick else 3000)
-    defaults = OmegaConf.load(ROOT / "conf" / "generator" / "world.yaml")  # the settings a run uses
+    defaults = world_generator_settings()  # the settings a run uses
     backend = DiffusersText2Image(str(weights / "world_diffusion"), device=args.device, height=spec.image_size,
                                   width=spec.image_size, progress=False,
                                   guidance_scale=defaults.guidance_scale if args.guidance is None else args.guidance,

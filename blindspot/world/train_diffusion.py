@@ -114,15 +114,15 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     spec = WorldSpec(image_size=cfg.image_size)
     text_encoder, tokenizer, vae, unet, scheduler, sampler = build_components(cfg)
-    if cfg.init_from and not (Path(cfg.work_dir) / "state.pt").is_file():
-        warm_start(unet, Path(cfg.init_from))
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     work, step, history = Path(cfg.work_dir), 0, []
     work.mkdir(parents=True, exist_ok=True)
     state = load_state(work / "state.pt")
+    if cfg.init_from and not state:
+        warm_start(unet, Path(cfg.init_from))
     # the record of earlier stages lives in the state, so a finished stage re-exported in place does not chain itself
     stages = state.get("previous_stages", []) if state else previous_stages(cfg)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state:
         unet.load_state_dict(state["unet"])
         opt.load_state_dict(state["optimizer"])
