@@ -20,9 +20,11 @@ rewrite_argv_for_ddp_child()  # DDP ranks > 0 must run rank 0's job in rank 0's 
 register_resolvers()
 
 
-def instantiate_all(group: DictConfig | None) -> list:
-    """Instantiate every entry of a config group that has a `_target_` (callbacks, loggers)."""
-    return [hydra.utils.instantiate(c) for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+def instantiate_all(group: DictConfig | None, **shared) -> list:
+    """Instantiate every entry of a config group that has a `_target_` (callbacks, loggers); an entry that
+    declares a key of `shared` (e.g. `loop: null`) gets that shared object."""
+    return [hydra.utils.instantiate(c, **{k: v for k, v in shared.items() if k in c})
+            for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def resume_checkpoint(run_dir: str | None) -> str | None:
@@ -39,6 +41,15 @@ def resume_checkpoint(run_dir: str | None) -> str | None:
     return None
 
 
+def build(cfg: DictConfig) -> tuple:
+    """The run's datamodule, model, callbacks and loggers; the failure loop (if any) is shared by the callbacks."""
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
+                                    group_names=datamodule.group_names, _convert_="all")  # plain types: safe ckpts
+    loop = hydra.utils.instantiate(cfg.loop, _convert_="all") if cfg.get("loop") else None  # the one failure loop
+    return datamodule, model, instantiate_all(cfg.get("callbacks"), loop=loop), instantiate_all(cfg.get("logger"))
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train and test one configuration; returns cfg.optimized_metric (None if it was never logged)."""
     import lightning as L
@@ -50,10 +61,7 @@ def run(cfg: DictConfig) -> float | None:
     if HydraConfig.initialized():
         export_job(cfg.paths.output_dir, list(HydraConfig.get().overrides.task))
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
-                                    group_names=datamodule.group_names, _convert_="all")  # plain types: safe ckpts
-    callbacks, loggers = instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
+    datamodule, model, callbacks, loggers = build(cfg)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -30,31 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "dfr_discovered", "retrieval",
            "untargeted_diffusion", "failure_diffusion"]
 QUICK = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
-         "trainer.max_epochs=2", "callbacks.failure_discovery.start_epoch=1",
-         "callbacks.diffusion_augmentation.images_per_round=8", "generator.num_inference_steps=2",
-         "augment.methods.directions.min_support=3", "augment.methods.directions.min_error_gap=0.0",
-         "callbacks.jtt.identification_epochs=1", "callbacks.pool_retrieval.images_per_round=8"]
+         "trainer.max_epochs=2", "loop.start_epoch=1", "remedy.images_per_round=8", "generator.num_inference_steps=2",
+         "discovery.min_support=3", "discovery.min_error_gap=0.0", "callbacks.jtt.identification_epochs=1"]
+LOOP = {"group_dro_discovered", "dfr_discovered", "retrieval", "untargeted_diffusion", "failure_diffusion"}
+GENERATION = {"untargeted_diffusion", "failure_diffusion"}
+ONLY = {"callbacks.jtt": {"jtt"}, "remedy.images_per_round": GENERATION | {"retrieval"}, "generator": GENERATION,
+        "loop": LOOP, "discovery": LOOP}  # override prefix -> the methods whose config has it
 
 
 def overrides_for(method: str, quick: bool) -> list[str]:
     """Quick-mode overrides that exist in this method's config (others would fail to compose)."""
     if not quick:
         return []
-    keep = []
-    for o in QUICK:
-        key = o.split("=")[0]
-        if key.startswith("callbacks.jtt") and method != "jtt":
-            continue
-        if key.startswith("callbacks.pool_retrieval") and method != "retrieval":
-            continue
-        if key.startswith("callbacks.diffusion_augmentation") and method not in ("failure_diffusion",
-                                                                                "untargeted_diffusion"):
-            continue
-        if (key.startswith("callbacks.failure_discovery") or key.startswith("augment.methods")) and method in (
-                "none", "jtt", "group_dro_oracle", "dfr"):
-            continue
-        keep.append(o)
-    return keep
+    keys = {o: o.split("=")[0] for o in QUICK}
+    return [o for o in QUICK if all(method in methods for prefix, methods in ONLY.items()
+                                    if keys[o] == prefix or keys[o].startswith(prefix + "."))]
 
 
 def run_one(method: str, seed: int, out: Path, quick: bool, threads: int | None = None) -> dict:
@@ -66,7 +56,7 @@ def run_one(method: str, seed: int, out: Path, quick: bool, threads: int | None 
             *overrides_for(method, quick)]
     if (out / "checkpoints" / "last.ckpt").exists():
         args.append(f"resume={out}")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)  # train.py runs from ROOT: its folder is on sys.path
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.time()
@@ -100,10 +90,17 @@ def run_all(methods: list[str], seeds: list[int], out: Path, quick: bool, worker
 
 
 def images_added(report: dict) -> int:
-    """Generated (or retrieved) images the method added to the training set."""
-    extra = report.get("extra", {})
-    retrieved = sum(v.get("retrieved", 0) for v in extra.values() if isinstance(v, dict))
-    return sum(r.get("kept", 0) for r in report.get("rounds", [])) + retrieved
+    """Images (generated, edited or retrieved) the method added to the training pool, from its report.json.
+
+    Newer reports count them per round (`rounds[i].injected`); older ones in `rounds[i].kept` for generation and
+    in `extra.retrieval[<round>].added` for retrieval.
+    """
+    rounds = [r for r in report.get("rounds", []) if isinstance(r, dict)]
+    if any("injected" in r for r in rounds):
+        return int(sum(r.get("injected") or 0 for r in rounds))
+    retrieval = report.get("extra", {}).get("retrieval", {})
+    retrieved = sum(v.get("added", v.get("retrieved", 0)) for v in retrieval.values() if isinstance(v, dict))
+    return int(sum(r.get("kept") or 0 for r in rounds) + retrieved)
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:

@@ -40,9 +40,9 @@ def main() -> None:
     args = p.parse_args()
     common = ["data.train_per_class=100", "data.test_per_group=2", "trainer.max_epochs=2"] if args.quick else []
     common += [f"trainer.max_epochs={args.epochs}"] if args.epochs and not args.quick else []
-    discovery = ["+augment=failure_diffusion", "callbacks.diffusion_augmentation=null",
-                 "callbacks.failure_discovery.start_epoch=1", "callbacks.failure_discovery.every_n_epochs=1",
-                 "callbacks.failure_discovery.max_rounds=100"]
+    discovery = ["+augment=failure_diffusion", "loop.remedy=null",
+                 "loop.start_epoch=1", "loop.every_n_epochs=1",
+                 "loop.max_rounds=100"]
     with tempfile.TemporaryDirectory() as tmp:
         times = {"without": [], "with": []}
         reports = {}

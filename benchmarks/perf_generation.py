@@ -75,12 +75,12 @@ def fast_vs_default(model: str, oracle, spec: WorldSpec, device: str, per_pair: 
 
 def tiny_sd(folder: Path) -> str:
     """A Stable-Diffusion-architecture pipeline with random weights, built from configs (no download)."""
-    import sys
+    import importlib.util
 
-    sys.path.insert(0, str(ROOT))
-    from tests.tiny_models import make_tiny_sd_pipeline  # the same builder the tests use
-
-    return str(make_tiny_sd_pipeline(folder))
+    spec = importlib.util.spec_from_file_location("tiny_models", ROOT / "tests" / "tiny_models.py")
+    tiny_models = importlib.util.module_from_spec(spec)  # the same builder the tests use (tests/ is no package)
+    spec.loader.exec_module(tiny_models)
+    return str(tiny_models.make_tiny_sd_pipeline(folder))
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ class DegenerateFilter:
 
     name, needs = "degenerate", frozenset()
 
-    def __init__(self, min_std: float = 0.02, max_saturated: float = 0.95, enabled: bool = True):
-        self.min_std, self.max_saturated, self.enabled = min_std, max_saturated, enabled
+    def __init__(self, min_std: float = 0.02, max_saturated: float = 0.95):
+        self.min_std, self.max_saturated = min_std, max_saturated
 
     def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
         x = c.images
@@ -44,8 +44,8 @@ class ClipAlignmentFilter:
 
     name, needs = "clip_alignment", frozenset({"clip"})
 
-    def __init__(self, min_similarity: float | None = None, require_class_match: bool = True, enabled: bool = True):
-        self.min_similarity, self.require_class_match, self.enabled = min_similarity, require_class_match, enabled
+    def __init__(self, min_similarity: float | None = None, require_class_match: bool = True):
+        self.min_similarity, self.require_class_match = min_similarity, require_class_match
 
     def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
         sim = (c.image_emb * c.prompt_emb).sum(-1)
@@ -66,10 +66,10 @@ class ClassifierConfidenceFilter:
 
     name, needs = "classifier", frozenset({"classifier"})
 
-    def __init__(self, max_confidence: float = 0.95, min_confidence: float = 0.0, enabled: bool = True):
+    def __init__(self, max_confidence: float = 0.95, min_confidence: float = 0.0):
         if not 0.0 <= min_confidence <= max_confidence <= 1.0:
             raise ValueError("classifier filter needs 0 <= min_confidence <= max_confidence <= 1")
-        self.max_confidence, self.min_confidence, self.enabled = max_confidence, min_confidence, enabled
+        self.max_confidence, self.min_confidence = max_confidence, min_confidence
 
     def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
         p = c.probs.gather(1, c.labels.view(-1, 1)).flatten()
@@ -82,8 +82,8 @@ class NearDuplicateFilter:
 
     name, needs = "near_duplicate", frozenset({"clip"})
 
-    def __init__(self, max_similarity: float = 0.98, enabled: bool = True):
-        self.max_similarity, self.enabled = max_similarity, enabled
+    def __init__(self, max_similarity: float = 0.98):
+        self.max_similarity = max_similarity
 
     def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
         emb = F.normalize(c.image_emb, dim=-1)

@@ -37,3 +37,14 @@ def worst_group(per_group: torch.Tensor) -> float:
     """Minimum accuracy over non-empty groups (NaN when there are none)."""
     valid = per_group[~torch.isnan(per_group)]
     return float(valid.min()) if len(valid) else float("nan")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% for z = 1.96); (nan, nan) when n is 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -1,38 +1,45 @@
-"""Render a run's report (a plain dict) as report.json, report.md and a self-contained index.html.
+"""Render a run's report (a plain dict) as report.json, report.md, index.html and PNG charts in charts/.
 
 Lightning-free: the reporting callback gathers the facts into a dict, this module only formats them (DESIGN.md,
 "Run outputs"). Every key is optional; what is absent is skipped. The keys it reads:
 
-    title, method, wall_seconds, machine{}, config{}
+    title, method, wall_seconds, machine{}, config{}, regression_margin, regressions[]
     metrics: {val|test|baseline_test: {avg_acc, worst_group_acc, per_group{name: acc}, per_class{name: acc}}}
     discovery: {planted_recall, caption_hit, k, planted[{group, found, mode_id, caption_hit, value}]}
-    rounds[{round, epoch, method, seconds{stage: s}, generated, kept, rejected_by{filter: n}, failed_prompts[],
+    rounds[{round, epoch, method, remedy, status, seconds{stage: s}, generated, kept, injected,
+            rejected_by{filter: n}, failed_prompts[], diversity{},
+            probes[{mode_id, caption, n, error, ci_low, ci_high, kept}],
             modes[FailureMode.to_dict() + thumbnail, generated_thumbnail, rejected_thumbnail (relative paths),
                   acc_before, acc_after, group_acc_before, group_acc_after, majority_group,
-                  images_planned, images_kept]}]
+                  images_planned, images_kept, test_slice{n, acc_before, acc_after, ci_before, ci_after}]}]
     mode_accuracy{mode_id: [{epoch, acc}]}, breakdown{stage: s}, timeline[{epoch, val_acc, val_worst_group_acc}]
 
-Epochs are 0-based in the dict (Lightning's current_epoch) and shown 1-based. Accuracies are fractions in [0, 1];
-None/NaN/inf mean "unknown" (shown as "–", written to JSON as null).
-The content is built once as a short list of blocks (headings, facts, tables, thumbnail galleries) and then
-written out by a Markdown and an HTML renderer, so the two files always say the same thing. All text from
+Epochs and rounds are 0-based in the dict (Lightning's current_epoch, the round index) and shown 1-based.
+Accuracies are fractions in [0, 1]; None/NaN/inf mean "unknown" (shown as "–", written to JSON as null).
+The content is built once as a short list of blocks (headings, facts, tables, charts, thumbnail galleries) and
+then written out by a Markdown and an HTML renderer, so the two files always say the same thing. All text from
 the dict (captions, class and group names) is escaped by the renderer; nothing is trusted as markup.
+Regressions (a group, class or mode that got worse by more than `regression_margin`) are flagged at the top.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 from urllib.parse import quote
+
+from .files import atomic_write
+
+log = logging.getLogger(__name__)
 
 MISSING = "–"  # how a missing or non-finite value is shown
 REPORT_FILES = {"json": "report.json", "markdown": "report.md", "html": "index.html"}
@@ -40,22 +47,38 @@ THUMBNAIL_KEYS = (("thumbnail", "members"), ("generated_thumbnail", "kept sample
                   ("rejected_thumbnail", "rejected samples"))
 MAX_LISTED_PROMPTS = 10  # failed prompts listed per round (the rest counted)
 MAX_TIMELINE_ROWS = 20  # longer timelines are shown every n-th epoch (first and last always kept)
+DEFAULT_REGRESSION_MARGIN = 0.05  # "got worse" means by more than 5 points (absolute) unless the report says
+CHART_FILES = {  # chart name -> path inside the report folder (write_report returns the drawn ones as "charts")
+    "validation": "charts/validation.png", "modes": "charts/mode_accuracy.png",
+    "test": "charts/test_before_after.png", "test_slices": "charts/test_slices.png"}
 
 
 # --------------------------------------------------------------------------------------------- public API
 
-def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write report.json, report.md and index.html into `out_dir` atomically; return their paths by kind."""
+def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write charts/*.png, report.json, report.md and index.html into `out_dir` atomically; return their paths.
+
+    Returns {"json": Path, "markdown": Path, "html": Path, "charts": [Path, ...]}: the charts drawn, in
+    CHART_FILES order (a chart without data is skipped). report.json gets `regressions` (find_regressions) and
+    `regression_margin` when absent. The input dict is not modified.
+    """
     if not isinstance(report, Mapping):
         raise TypeError(f"write_report needs a dict, got {type(report).__name__}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clean = to_jsonable(report)
+    margin = regression_margin(clean)
+    clean.setdefault("regression_margin", margin)
+    if not isinstance(clean.get("regressions"), list):
+        clean["regressions"] = find_regressions(clean, margin)
+    charts = write_charts(clean, out, margin)  # first: the pages only link charts that exist
     paths = {kind: out / name for kind, name in REPORT_FILES.items()}
+    links = {name: p.relative_to(out).as_posix() for name, p in charts.items()}
     _atomic_write_text(paths["json"], json.dumps(clean, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    _atomic_write_text(paths["markdown"], render_markdown(clean))
-    _atomic_write_text(paths["html"], render_html(clean))
-    return paths
+    _atomic_write_text(paths["markdown"], render_markdown(clean, links))
+    _atomic_write_text(paths["html"], render_html(clean, links))
+    _remove_stale_charts(out, charts)  # last: a failed write above leaves the old pages' charts in place
+    return {**paths, "charts": [charts[name] for name in CHART_FILES if name in charts]}
 
 
 def load_report(path: str | os.PathLike) -> dict:
@@ -69,14 +92,14 @@ def load_report(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """The report as GitHub-flavoured Markdown."""
-    return "\n".join(_md_block(b) for b in build_blocks(report)).rstrip() + "\n"
+def render_markdown(report: Mapping[str, Any], charts: Mapping[str, str] | None = None) -> str:
+    """The report as GitHub-flavoured Markdown; `charts` maps chart names to relative paths to embed."""
+    return "\n".join(_md_block(b) for b in build_blocks(report, charts)).rstrip() + "\n"
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """The report as one self-contained HTML page (inline CSS, no scripts, no external resources)."""
-    body = "\n".join(_html_block(b) for b in build_blocks(report))
+def render_html(report: Mapping[str, Any], charts: Mapping[str, str] | None = None) -> str:
+    """The report as one HTML page (inline CSS, no scripts; images only from relative paths beside it)."""
+    body = "\n".join(_html_block(b) for b in build_blocks(report, charts))
     title = html.escape(_title(report))
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -126,6 +149,23 @@ def fmt_change(before: Any, after: Any) -> str:
         return MISSING
     delta = fmt_points(before, after)
     return f"{fmt_pct(before)} → {fmt_pct(after)}" + (f" ({delta})" if delta else "")
+
+
+def fmt_ci(x: Any, ci: Any) -> str:
+    """A fraction with its interval: "25.0% [13.0–41.0]" (the bracket left out when the interval is unknown)."""
+    lo, hi = (_num(ci[0]), _num(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+    interval = f" [{100 * lo:.1f}–{100 * hi:.1f}]" if lo is not None and hi is not None else ""
+    return fmt_pct(x) + (interval if _num(x) is not None else "")
+
+
+def _ci_change(ts: Mapping[str, Any]) -> str:
+    """A test slice's "before [ci] → after [ci] (+d pts)"."""
+    before, after = ts.get("acc_before"), ts.get("acc_after")
+    if _num(before) is None and _num(after) is None:
+        return MISSING
+    delta = fmt_points(before, after)
+    return (f"{fmt_ci(before, ts.get('ci_before'))} → {fmt_ci(after, ts.get('ci_after'))}"
+            + (f" ({delta})" if delta else ""))
 
 
 def fmt_seconds(x: Any) -> str:
@@ -181,6 +221,14 @@ def _text(x: Any, limit: int = 200) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
+def _fact(x: Any) -> str:
+    """A value in a facts line: integers as they are, other numbers with 3 significant decimals, the rest short."""
+    v = _num(x)
+    if v is None:
+        return _text(x, 80)
+    return str(int(v)) if v.is_integer() and not isinstance(x, float) else f"{v:.4g}"
+
+
 def _yes_no(x: Any) -> str:
     """A boolean as "yes"/"no", "–" when missing."""
     return MISSING if x is None else ("yes" if x else "no")
@@ -194,6 +242,161 @@ def _dict(x: Any) -> Mapping:
 def _list(x: Any) -> list:
     """`x` if it is a list, else an empty one."""
     return list(x) if isinstance(x, (list, tuple)) else []
+
+
+# ------------------------------------------------------------------------------------------- regressions
+
+def regression_margin(report: Mapping[str, Any]) -> float:
+    """The report's `regression_margin` (a fraction, e.g. 0.05), or DEFAULT_REGRESSION_MARGIN when unset."""
+    value = report.get("regression_margin")
+    return DEFAULT_REGRESSION_MARGIN if value is None else _check_margin(value)
+
+
+def _check_margin(margin: Any) -> float:
+    """`margin` as a float in [0, 1], or a ValueError naming the key to fix."""
+    v = _num(margin)
+    if v is None or not 0.0 <= v <= 1.0:
+        raise ValueError(f"regression_margin must be a fraction in [0, 1] (0.05 = 5 points), got {margin!r}")
+    return v
+
+
+def _comparisons(report: Mapping[str, Any]) -> Iterable[dict]:
+    """Every (before, after) pair the report can compare: test groups and classes, modes on val and test slice."""
+    metrics = _dict(report.get("metrics"))
+    test, base = _dict(metrics.get("test")), _dict(metrics.get("baseline_test"))
+    for key, kind in (("per_group", "group"), ("per_class", "class")):
+        after = _dict(test.get(key))
+        for name, before in _dict(base.get(key)).items():
+            yield {"kind": kind, "name": str(name), "split": "test", "before": before, "after": after.get(name)}
+    for i, rnd in enumerate(r for r in map(_dict, _list(report.get("rounds"))) if r):
+        for m in (m for m in map(_dict, _list(rnd.get("modes"))) if m):
+            label, caption = _mode_label(m), _top_caption(m)[0]
+            common = {"kind": "mode", "name": label, "caption": caption, "round": rnd.get("round", i)}
+            yield {**common, "split": "val", "before": m.get("acc_before"), "after": m.get("acc_after")}
+            ts = _dict(m.get("test_slice"))
+            if ts:
+                yield {**common, "split": "test", "n": ts.get("n"), "before": ts.get("acc_before"),
+                       "after": ts.get("acc_after")}
+
+
+def find_regressions(report: Mapping[str, Any], margin: float = DEFAULT_REGRESSION_MARGIN) -> list[dict]:
+    """Groups, classes and modes whose accuracy dropped by more than `margin` (absolute), worst first.
+
+    Groups and classes compare metrics.baseline_test with metrics.test; modes compare acc_before with acc_after
+    (validation, split "val") and, when present, their held-out test_slice (split "test"). Each entry:
+    {kind, name, split, before, after, change} (change = after - before), plus caption/round/n for modes.
+    """
+    margin = _check_margin(margin)
+    found = []
+    for c in _comparisons(report):
+        before, after = _num(c["before"]), _num(c["after"])
+        if before is None or after is None or after - before >= -margin - 1e-9:  # tolerance: 0.80 → 0.75 at 0.05
+            continue
+        found.append({**c, "before": before, "after": after, "change": after - before})
+    return sorted(found, key=lambda r: r["change"])
+
+
+def _compared_count(report: Mapping[str, Any]) -> int:
+    """How many before/after pairs had both values (what the regression check looked at)."""
+    return sum(_num(c["before"]) is not None and _num(c["after"]) is not None for c in _comparisons(report))
+
+
+# ------------------------------------------------------------------------------------------------- charts
+
+def write_charts(report: Mapping[str, Any], out_dir: str | os.PathLike,
+                 margin: float = DEFAULT_REGRESSION_MARGIN) -> dict[str, Path]:
+    """Draw the report's charts into `out_dir`/charts (CHART_FILES); a chart without data, or failing, is skipped."""
+    try:
+        from . import charts as ch
+    except ImportError as e:  # matplotlib missing: the report still renders, without charts
+        log.warning("report charts skipped (%s): install matplotlib", e)
+        return {}
+    out = Path(out_dir)
+    rounds = [r for r in map(_dict, _list(report.get("rounds"))) if r]
+    marks = [(v + 1, f"round {_round_no(r, i)}")
+             for i, r in enumerate(rounds) if (v := _num(r.get("epoch"))) is not None]
+    drawers = {"validation": lambda p: _validation_chart(ch, report, marks, p),
+               "test": lambda p: _test_chart(ch, report, margin, p),
+               "modes": lambda p: _modes_chart(ch, report, rounds, marks, p),
+               "test_slices": lambda p: _test_slices_chart(ch, rounds, margin, p)}
+    written = {}
+    for name, draw in drawers.items():
+        try:
+            path = draw(out / CHART_FILES[name])
+        except Exception as e:  # noqa: BLE001 - a chart must never cost the report
+            log.warning("report chart %r skipped: %s: %s", name, type(e).__name__, e)
+            continue
+        if path is not None:
+            written[name] = Path(path)
+    return written
+
+
+def _round_no(rnd: Mapping[str, Any], index: int) -> str:
+    """A round's number as shown (1-based)."""
+    v = _num(rnd.get("round", index))
+    return MISSING if v is None else str(int(v) + 1)
+
+
+def _validation_chart(ch, report: Mapping[str, Any], marks: list, path: Path) -> Path | None:
+    """Validation accuracy and worst-group accuracy over 1-based epochs, rounds marked."""
+    points = [p for p in map(_dict, _list(report.get("timeline"))) if _num(p.get("epoch")) is not None]
+    series = [(label, [(_num(p["epoch"]) + 1, _num(p.get(key))) for p in points], ch.COLORS[color])
+              for key, label, color in (("val_acc", "validation accuracy", "val"),
+                                        ("val_worst_group_acc", "validation worst-group accuracy", "worst"))]
+    return ch.curves_chart(series, marks, path, "Validation over epochs (dashed: discovery rounds)")
+
+
+def _test_chart(ch, report: Mapping[str, Any], margin: float, path: Path) -> Path | None:
+    """Per-group (per-class when there are no groups) test accuracy, baseline → final."""
+    metrics = _dict(report.get("metrics"))
+    test, base = _dict(metrics.get("test")), _dict(metrics.get("baseline_test"))
+    for key, what in (("per_group", "group"), ("per_class", "class")):
+        final, before = _dict(test.get(key)), _dict(base.get(key))
+        if final or before:
+            names = dict.fromkeys([*before, *final])
+            rows = [{"name": n, "before": before.get(n), "after": final.get(n)} for n in names]
+            title = f"Test accuracy per {what}" + (": baseline → final" if before and final else "")
+            return ch.dumbbell_chart(rows, path, title, margin)
+    return None
+
+
+def _modes_chart(ch, report: Mapping[str, Any], rounds: list, marks: list, path: Path) -> Path | None:
+    """Per-mode validation accuracy curves, labelled with the mode's caption."""
+    captions = {_mode_label(m): _top_caption(m)[0] for r in rounds for m in map(_dict, _list(r.get("modes"))) if m}
+    curves = [(str(k), [p for p in map(_dict, _list(v)) if _num(p.get("epoch")) is not None])
+              for k, v in _dict(report.get("mode_accuracy")).items()]
+    curves = [(k, pts) for k, pts in curves if pts]
+    total = len(curves)
+    series = [(f"{k}: {captions[k]}" if captions.get(k, MISSING) != MISSING else k,
+               [(_num(p["epoch"]) + 1, _num(p.get("acc"))) for p in pts], ch.MODE_COLORS[i % len(ch.MODE_COLORS)])
+              for i, (k, pts) in enumerate(curves[:ch.MAX_CURVES])]
+    more = f" (first {len(series)} of {total})" if total > len(series) else ""
+    return ch.curves_chart(series, marks, path, "Failure-mode accuracy on validation" + more)
+
+
+def _test_slices_chart(ch, rounds: list, margin: float, path: Path) -> Path | None:
+    """Per-mode held-out test slice accuracy before → after with 95% intervals."""
+    rows = []
+    for r in rounds:
+        for m in (m for m in map(_dict, _list(r.get("modes"))) if m):
+            ts = _dict(m.get("test_slice"))
+            if ts:
+                rows.append({"name": f"{_mode_label(m)} (n={_int(ts.get('n'))})", "before": ts.get("acc_before"),
+                             "after": ts.get("acc_after"), "ci_before": ts.get("ci_before"),
+                             "ci_after": ts.get("ci_after")})
+    return ch.dumbbell_chart(rows, path, "Held-out test slice per mode: before → after", margin,
+                             before_label="before", after_label="after") if rows else None
+
+
+def _remove_stale_charts(out: Path, keep: Mapping[str, Path]) -> None:
+    """Delete chart files of an earlier write that this report no longer has (and charts/ when empty)."""
+    for name, rel in CHART_FILES.items():
+        p = out / rel
+        if name not in keep and p.is_file():
+            p.unlink()
+    charts_dir = out / "charts"
+    if charts_dir.is_dir() and not any(charts_dir.iterdir()):
+        charts_dir.rmdir()
 
 
 # ------------------------------------------------------------------------------------------ content blocks
@@ -215,7 +418,24 @@ class Para:
 
 @dataclass
 class Facts:
-    """A bullet list of "label: value" lines."""
+    """A bullet list of "label: value" lines (as cards in HTML when `cards`)."""
+
+    items: list[tuple[str, str]]
+    cards: bool = False
+
+
+@dataclass
+class Notice:
+    """A boxed message at the top: level "warning" (regressions) or "ok"."""
+
+    level: str
+    title: str
+    items: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Charts:
+    """Chart images: (relative src, alt text) each."""
 
     items: list[tuple[str, str]]
 
@@ -237,16 +457,62 @@ class Gallery:
     rows: list[tuple[str, str, list[Union[tuple[str, str], None]]]] = field(default_factory=list)
 
 
-Block = Union[Heading, Para, Facts, Table, Gallery]
+Block = Union[Heading, Para, Facts, Notice, Charts, Table, Gallery]
+CHART_ALT = {"validation": "Validation accuracy and worst-group accuracy over epochs, rounds marked",
+             "test": "Test accuracy of each group (or class), baseline to final",
+             "modes": "Failure-mode accuracy on validation over epochs",
+             "test_slices": "Held-out test slice accuracy per mode, before to after, with 95% intervals"}
 
 
-def build_blocks(report: Mapping[str, Any]) -> list[Block]:
-    """The report's content, in order, as renderer-independent blocks."""
+def build_blocks(report: Mapping[str, Any], charts: Mapping[str, str] | None = None) -> list[Block]:
+    """The report's content, in order, as renderer-independent blocks (`charts`: name -> relative path)."""
     blocks: list[Block] = [Heading(1, _title(report))]
-    for section in (_headline, _discovery, _rounds, _method_details, _mode_accuracy, _groups, _timeline, _breakdown,
+    blocks += _regressions(report)
+    blocks += _headline(report)
+    blocks += _charts(charts or {})
+    for section in (_discovery, _rounds, _method_details, _mode_accuracy, _groups, _timeline, _breakdown,
                     _settings):
         blocks += section(report)
     return blocks
+
+
+def _regressions(report: Mapping[str, Any]) -> list[Block]:
+    """A warning box listing what got worse by more than the margin, or a one-line all-clear."""
+    try:
+        margin = regression_margin(report)
+    except ValueError as e:
+        return [Notice("warning", f"Regression check not run: {e}")]
+    listed = report.get("regressions")
+    regressions = [r for r in map(_dict, _list(listed)) if r] if isinstance(listed, list) else \
+        find_regressions(report, margin)
+    pts = f"{100 * margin:.1f} pts"
+    if regressions:
+        n = len(regressions)
+        return [Notice("warning", f"{n} regression{'s' * (n != 1)}: worse by more than {pts}",
+                       [_regression_line(r) for r in regressions])]
+    compared = _compared_count(report)
+    if not compared:
+        return []
+    return [Notice("ok", f"No regressions: none of {compared} before/after comparisons (groups, classes, modes) "
+                         f"got worse by more than {pts}.")]
+
+
+def _regression_line(r: Mapping[str, Any]) -> str:
+    """One regression as a sentence: what, where measured, before → after."""
+    kind, name = _text(r.get("kind") or "slice"), _text(r.get("name"))
+    caption = f' "{_text(r["caption"])}"' if r.get("caption") not in (None, "", MISSING, name) else ""
+    if kind == "mode":
+        where = f"held-out test slice, n={_int(r.get('n'))}" if r.get("split") == "test" else "validation"
+    else:
+        where = "test" if r.get("split") in (None, "test") else _text(r.get("split"))
+    return f"{kind} {name}{caption} ({where}): {fmt_change(r.get('before'), r.get('after'))}"
+
+
+def _charts(charts: Mapping[str, str]) -> list[Block]:
+    """The charts write_report drew, in CHART_FILES order."""
+    items = [(charts[name], CHART_ALT[name]) for name in CHART_FILES if charts.get(name)]
+    items = [img for img in (_image(src, alt) for src, alt in items) if img]
+    return [Charts([(src, alt) for alt, src in items])] if items else []
 
 
 def _title(report: Mapping[str, Any]) -> str:
@@ -273,7 +539,7 @@ def _headline(report: Mapping[str, Any]) -> list[Block]:
         items.append(("Wall time", fmt_seconds(report.get("wall_seconds"))))
     if not test and not base:
         items.append(("Test metrics", "none recorded"))
-    return [Facts(items)]
+    return [Facts(items, cards=True)]
 
 
 def _discovery(report: Mapping[str, Any]) -> list[Block]:
@@ -305,8 +571,8 @@ def _rounds(report: Mapping[str, Any]) -> list[Block]:
 
 
 def _round(rnd: Mapping[str, Any], index: int) -> list[Block]:
-    """A round's facts, its modes table and its thumbnails."""
-    title = f"Round {_int(rnd.get('round', index))}"
+    """A round's facts, its caption probes, its modes table and its thumbnails."""
+    title = f"Round {_round_no(rnd, index)}"
     if rnd.get("epoch") is not None:
         title += f" · after epoch {_epoch(rnd['epoch'])}"
     blocks: list[Block] = [Heading(2, title), Facts(_round_facts(rnd))]
@@ -318,19 +584,28 @@ def _round(rnd: Mapping[str, Any], index: int) -> list[Block]:
             blocks.append(gallery)
     else:
         blocks.append(Para("No failure modes found in this round."))
+    probes = _probes_table(rnd)
+    if probes:
+        blocks += [Heading(3, "Caption probes (images generated to test a caption; never trained on)"), probes]
     return blocks
 
 
 def _round_facts(rnd: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Method, images generated / kept / rejected by filter, and stage times of one round."""
+    """Method, remedy, status, images generated / kept / injected / rejected by filter, and stage times."""
     items: list[tuple[str, str]] = []
-    if rnd.get("method") is not None:
-        items.append(("Method", _text(rnd["method"])))
-    if rnd.get("generated") is not None or rnd.get("kept") is not None:
-        items.append(("Images", f"{_int(rnd.get('generated'))} generated, {_int(rnd.get('kept'))} kept"))
+    for key in ("method", "remedy", "status"):
+        if rnd.get(key) is not None:
+            items.append((key.capitalize(), _text(rnd[key])))
+    counts = [(k, rnd.get(k)) for k in ("generated", "kept", "injected") if rnd.get(k) is not None]
+    if counts:
+        items.append(("Images", ", ".join(f"{_int(v)} {k}" for k, v in counts)))
     rejected = _dict(rnd.get("rejected_by"))
     if rejected:
         items.append(("Rejected by filter", ", ".join(f"{_text(k)}: {_int(v)}" for k, v in rejected.items())))
+    for key in ("diversity", "details"):  # remedy-specific facts, e.g. prompt diversity, retrieval pool size
+        facts = _dict(rnd.get(key))
+        if facts:
+            items.append((key.capitalize(), ", ".join(f"{_text(k)}: {_fact(v)}" for k, v in facts.items())))
     seconds = _dict(rnd.get("seconds"))
     if seconds:
         items.append(("Time", ", ".join(f"{_text(k)} {fmt_seconds(v)}" for k, v in seconds.items())))
@@ -339,6 +614,16 @@ def _round_facts(rnd: Mapping[str, Any]) -> list[tuple[str, str]]:
         more = f" … (+{len(failed) - MAX_LISTED_PROMPTS} more)" if len(failed) > MAX_LISTED_PROMPTS else ""
         items.append((f"Failed prompts ({len(failed)})", "; ".join(failed[:MAX_LISTED_PROMPTS]) + more))
     return items
+
+
+def _probes_table(rnd: Mapping[str, Any]) -> Table | None:
+    """Caption probes of a round: images generated per caption, the model's error on them, kept for budget."""
+    probes = [p for p in map(_dict, _list(rnd.get("probes"))) if p]
+    if not probes:
+        return None
+    rows = [[_text(p.get("mode_id")), _text(p.get("caption")), _int(p.get("n")),
+             fmt_ci(p.get("error"), [p.get("ci_low"), p.get("ci_high")]), _yes_no(p.get("kept"))] for p in probes]
+    return Table(["Mode", "Caption", "Probe images", "Error [95% interval]", "Kept for budget"], rows)
 
 
 def _top_caption(mode: Mapping[str, Any]) -> tuple[str, float | None]:
@@ -361,8 +646,10 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
     """Mode id, class, top caption, support, error rate vs. class, accuracy before → after (and group, images)."""
     with_group = any(m.get("majority_group") is not None for m in modes)
     with_images = any(m.get("images_planned") is not None or m.get("images_kept") is not None for m in modes)
-    headers = ["Mode", "Class", "Caption (score)", "Support", "Error (class)", "Acc before → after"]
+    with_slice = any(_dict(m.get("test_slice")) for m in modes)
+    headers = ["Mode", "Class", "Caption (score)", "Support", "Error (class)", "Val acc before → after"]
     headers += ["Majority group: acc before → after"] * with_group + ["Images kept / planned"] * with_images
+    headers += ["Test slice n", "Test slice acc before → after [95% interval]"] * with_slice
     rows = []
     for m in modes:
         caption, score = _top_caption(m)
@@ -377,6 +664,9 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
                        f"{_text(group)}: {fmt_change(m.get('group_acc_before'), m.get('group_acc_after'))}")
         if with_images:
             row.append(f"{_int(m.get('images_kept'))} / {_int(m.get('images_planned'))}")
+        if with_slice:
+            ts = _dict(m.get("test_slice"))
+            row += [_int(ts.get("n")), _ci_change(ts) if ts else MISSING]
         rows.append(row)
     return Table(headers, rows)
 
@@ -529,6 +819,11 @@ def _md_block(block: Block) -> str:
         return f"{_md(block.text)}\n"
     if isinstance(block, Facts):
         return "".join(f"- **{_md(k)}**: {_md(v)}\n" for k, v in block.items) if block.items else ""
+    if isinstance(block, Notice):
+        kind = "WARNING" if block.level == "warning" else "NOTE"
+        return f"> [!{kind}]\n> **{_md(block.title)}**\n" + "".join(f"> - {_md(i)}\n" for i in block.items)
+    if isinstance(block, Charts):
+        return "\n".join(f"![{_md(alt)}]({src})\n" for src, alt in block.items)
     if isinstance(block, Table):
         table = _md_table([_md(h) for h in block.headers], ([_md(c) for c in row] for row in block.rows))
         return table + "\n" + (f"\n_{_md(block.note)}_\n" if block.note else "")
@@ -543,7 +838,7 @@ def _md_block(block: Block) -> str:
 # ---------------------------------------------------------------------------------------------------- html
 
 _CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 72rem; margin: 2rem auto;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 80rem; margin: 2rem auto;
        padding: 0 1rem; color: #222; line-height: 1.45; }
 h1 { font-size: 1.6rem; border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
 h2 { font-size: 1.2rem; margin-top: 2rem; }
@@ -551,12 +846,26 @@ table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .9rem; }
 th, td { border: 1px solid #ddd; padding: .3rem .6rem; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num.change { white-space: normal; min-width: 9.5rem; }
+td:first-child { white-space: nowrap; }
 tr:nth-child(even) td { background: #fafafa; }
 ul.facts { padding-left: 1.2rem; }
 p.note { color: #666; font-size: .85rem; margin-top: -.6rem; }
 table.gallery td { text-align: center; }
 img.thumb { width: 12rem; max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #ccc; }
 .caption { color: #555; font-size: .85rem; }
+.notice { border-left: 5px solid; border-radius: 4px; padding: .6rem 1rem; margin: 1rem 0; }
+.notice.warning { background: #fff4ec; border-color: #d9480f; color: #6b2407; }
+.notice.ok { background: #eef8f1; border-color: #2da44e; color: #14532d; }
+.notice ul { margin: .3rem 0 0; padding-left: 1.2rem; }
+.cards { display: flex; flex-wrap: wrap; gap: .6rem; margin: 1rem 0; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: .5rem .8rem; min-width: 11rem; background: #fcfcfd; }
+.card .label { color: #666; font-size: .78rem; text-transform: uppercase; letter-spacing: .03em; }
+.card .value { font-size: 1.05rem; font-weight: 600; font-variant-numeric: tabular-nums; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(30rem, 1fr)); gap: 1rem; margin: 1rem 0;
+          align-items: start; }
+figure.chart { margin: 0; border: 1px solid #e3e3e3; border-radius: 6px; padding: .4rem; background: #fff; }
+figure.chart img { width: 100%; height: auto; display: block; }
 """
 
 _NUMERIC = re.compile(r"^(–|[+-]?\d[^A-Za-z]*(\b(pts|min|s|h)\b[^A-Za-z]*)*)$")  # numbers, units, arrows
@@ -564,7 +873,7 @@ _NUMERIC = re.compile(r"^(–|[+-]?\d[^A-Za-z]*(\b(pts|min|s|h)\b[^A-Za-z]*)*)$"
 
 def _td(cell: str) -> str:
     """An escaped table cell, right-aligned when it holds a number."""
-    cls = ' class="num"' if _NUMERIC.match(cell) else ""
+    cls = (' class="num change"' if "→" in cell else ' class="num"') if _NUMERIC.match(cell) else ""
     return f"<td{cls}>{html.escape(cell)}</td>"
 
 
@@ -576,8 +885,22 @@ def _html_block(block: Block) -> str:
     if isinstance(block, Para):
         return f"<p>{e(block.text)}</p>"
     if isinstance(block, Facts):
+        if block.cards:
+            cards = "".join(f'<div class="card"><div class="label">{e(k)}</div><div class="value">{e(v)}</div></div>'
+                            for k, v in block.items)
+            return f'<div class="cards">{cards}</div>' if cards else ""
         items = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in block.items)
         return f'<ul class="facts">{items}</ul>' if items else ""
+    if isinstance(block, Notice):
+        items = "".join(f"<li>{e(i)}</li>" for i in block.items)
+        role = "alert" if block.level == "warning" else "status"
+        return (f'<div class="notice {e(block.level, quote=True)}" role="{role}">'
+                f"<b>{'⚠ ' * (block.level == 'warning')}{e(block.title)}</b>"
+                + (f"<ul>{items}</ul>" if items else "") + "</div>")
+    if isinstance(block, Charts):
+        figs = "".join(f'<figure class="chart"><img src="{e(src, quote=True)}" alt="{e(alt, quote=True)}"></figure>'
+                       for src, alt in block.items)
+        return f'<div class="charts">{figs}</div>'
     if isinstance(block, Table):
         head = "".join(f"<th>{e(h)}</th>" for h in block.headers)
         body = "\n".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block.rows)
@@ -598,19 +921,8 @@ def _html_block(block: Block) -> str:
 # ------------------------------------------------------------------------------------------------- writing
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `text` to `path` atomically."""
+    atomic_write(path, lambda f: f.write(text))
 
 
 def main(argv: list[str] | None = None) -> int:

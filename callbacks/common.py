@@ -1,20 +1,30 @@
-"""Small helpers the Blindspot callbacks share: gathering across ranks, finding each other, timing."""
+"""Small helpers the Blindspot callbacks share: gathering across ranks, the classifier head, timing."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import TypeVar
 
 import torch
-from lightning import Callback, Trainer
-
-C = TypeVar("C", bound=Callback)
+from lightning import LightningModule, Trainer
 
 
-def find_callback(trainer: Trainer, kind: type[C]) -> C | None:
-    """The trainer's first callback of a given type, or None."""
-    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+def classifier_head(pl_module: LightningModule) -> torch.nn.Linear:
+    """The classifier's last layer (a timm model's `get_classifier()`)."""
+    net = getattr(pl_module, "net", None)
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"DFR replaces a linear classifier head, but the model's is {type(head).__name__}: use a "
+                        "timm backbone whose get_classifier() is an nn.Linear (e.g. a ResNet)")
+    return head
+
+
+@torch.no_grad()
+def install_head(pl_module: LightningModule, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Copy a new weight and bias into the classifier's last layer."""
+    head = classifier_head(pl_module)
+    head.weight.copy_(weight.to(head.weight))
+    head.bias.copy_(bias.to(head.bias))
 
 
 def gather_by_index(trainer: Trainer, index: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:

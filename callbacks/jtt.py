@@ -79,6 +79,10 @@ class JustTrainTwice(Callback):
         rank_zero_info(f"[jtt] identification model (epoch {trainer.current_epoch + 1}): {len(self.errors)} of {n} "
                        f"training samples wrong; they get loss weight {self.upweight:g}; the second model starts next")
 
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.stats and not trainer.sanity_checking:  # the report reads these from trainer.callback_metrics
+            pl_module.log_dict({f"jtt/{k}": float(v) for k, v in self.stats.items()})
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.errors is None or self.restarted:
             return
@@ -88,10 +92,6 @@ class JustTrainTwice(Callback):
         self.stats["second_model_start_epoch"] = trainer.current_epoch
         rank_zero_info(f"[jtt] epoch {trainer.current_epoch + 1}: network re-initialised, optimiser and scheduler "
                        "restarted (train twice)")
-
-    def report_extra(self) -> dict:
-        """JTT's facts for the report."""
-        return {"jtt": dict(self.stats)} if self.stats else {}
 
     def state_dict(self) -> dict:
         return {"errors": self.errors, "restarted": self.restarted, "stats": dict(self.stats)}

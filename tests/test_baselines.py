@@ -26,9 +26,9 @@ def tiny_clip(tmp_path_factory):
 def discovery_overrides(clip_name: str, cache_dir) -> list[str]:
     """A discovery round at the end of epoch 1 that finds modes even for a barely trained model."""
     return [f"clip.name={clip_name}", "clip.pretrained=null", "data.val_per_group=6",
-            "augment.methods.directions.min_support=3", "augment.methods.directions.min_error_gap=0.0",
-            "callbacks.failure_discovery.start_epoch=1", "callbacks.failure_discovery.max_rounds=1",
-            f"callbacks.failure_discovery.cache_dir={cache_dir}"]
+            "discovery.min_support=3", "discovery.min_error_gap=0.0",
+            "loop.start_epoch=1", "loop.max_rounds=1",
+            f"loop.cache_dir={cache_dir}"]
 
 
 def fit(cfg, *extra: Callback):
@@ -36,14 +36,11 @@ def fit(cfg, *extra: Callback):
     import hydra
     import lightning as L
 
-    from train import instantiate_all
+    from train import build
 
     L.seed_everything(cfg.seed, workers=True)
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-    model = hydra.utils.instantiate(cfg.model, num_classes=dm.num_classes, class_names=dm.class_names,
-                                    group_names=dm.group_names, _convert_="all")
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks) + list(extra),
-                                      logger=False)
+    dm, model, callbacks, _ = build(cfg)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + list(extra), logger=False)
     trainer.fit(model, datamodule=dm)
     return trainer, model, dm
 
@@ -209,20 +206,24 @@ def test_group_dro_over_discovered_groups_uses_loss_group_and_resizes_on_load():
 
 
 def test_bad_configurations_name_the_fix():
-    from callbacks.discovery import FailureDiscovery
+    from blindspot.remedies import RemedyContext
+    from blindspot.remedies.groups import DiscoveredGroupsRemedy
+    from blindspot.remedies.retrieval import RetrievalRemedy
     from callbacks.jtt import JustTrainTwice
-    from callbacks.retrieval import PoolRetrieval
     from datamodules.base import BlindspotDataModule
 
     with pytest.raises(ValueError, match="group_dro_discovered"):
         make_classifier(loss="group_dro")  # the oracle on data without groups
-    stub = SimpleNamespace(max_epochs=2, callbacks=[FailureDiscovery(None, None, {})], datamodule=BlindspotDataModule())
+    stub = SimpleNamespace(max_epochs=2, callbacks=[], datamodule=BlindspotDataModule())
     with pytest.raises(ValueError, match="trainer.max_epochs"):
         JustTrainTwice(identification_epochs=2).setup(stub, make_classifier(loss="weighted"), "fit")
     with pytest.raises(ValueError, match="model.loss=weighted"):
         JustTrainTwice(identification_epochs=1).setup(stub, make_classifier(), "fit")
+    context = RemedyContext(clip=None, class_names=["a"], predict_proba=None, embed=None, hparams={"loss": "erm"})
     with pytest.raises(ValueError, match="pool"):
-        PoolRetrieval(output_dir="unused").setup(stub, None, "fit")
+        RetrievalRemedy(output_dir="unused").prepare(context)
+    with pytest.raises(ValueError, match="model.loss=group_dro"):
+        DiscoveredGroupsRemedy().prepare(context)
 
 
 # ---------------------------------------------------------------------------------------------- short real fits
@@ -318,13 +319,13 @@ def test_group_dro_over_discovered_groups(compose_cfg, tmp_path, tiny_clip):
     from blindspot.embedding import cache_key
 
     cfg = compose_cfg(TINY_WORLD + ["+augment=group_dro_discovered", "trainer.max_epochs=2", "test=false",
-                                    f"callbacks.discovered_groups.cache_dir={tmp_path / 'emb'}",
-                                    "callbacks.discovered_groups.progress=false"]
+                                    f"loop.cache_dir={tmp_path / 'emb'}",
+                                    "loop.progress=false"]
                       + discovery_overrides(tiny_clip, tmp_path / "emb"))
     probe = Probe()
     trainer, model, dm = fit(cfg, probe)
-    discovery = next(c for c in trainer.callbacks if type(c).__name__ == "FailureDiscovery")
-    modes = discovery.rounds[0].modes
+    loop = next(c for c in trainer.callbacks if type(c).__name__ == "FailureLoopCallback").loop
+    modes = loop.rounds[0].modes
     assert modes and dm.loss_group_names == group_names(modes, dm.class_names)
     groups = dm.loss_groups
     assert len(groups) == len(dm.train_set) and int(groups.min()) >= 0
@@ -338,12 +339,13 @@ def test_group_dro_over_discovered_groups(compose_cfg, tmp_path, tiny_clip):
     assert all(bool((b["loss_group"] == -1).all()) for b in probe.batches[0])
     assert all(torch.equal(b["loss_group"], groups[b["index"]]) for b in probe.batches[1])
     assert model.dro_q.shape == (len(dm.loss_group_names),) and model.dro_q.max() > model.dro_q.min()
-    assert (tmp_path / "emb" / f"clip-{cache_key(discovery.clip.fingerprint, dm.train_fingerprint())}.pt").is_file()
+    assert (tmp_path / "emb" / f"clip-{cache_key(loop.clip.fingerprint, dm.train_fingerprint())}.pt").is_file()
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["WorldDataModule"]["loss_groups"] == groups.tolist()
     assert ckpt["state_dict"]["dro_q"].shape == model.dro_q.shape
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert sum(report["extra"]["discovered_groups"]["0"].values()) == len(dm.train_set)
+    assert report["rounds"][0]["remedy"] == "discovered_groups"
+    assert sum(report["rounds"][0]["details"]["groups"].values()) == len(dm.train_set)
 
 
 def _head(state: dict) -> torch.Tensor:
@@ -351,15 +353,20 @@ def _head(state: dict) -> torch.Tensor:
 
 
 def test_dfr_replaces_the_head_on_group_balanced_validation_features(compose_cfg, tmp_path):
-    from train import run
+    class BeforeLastValidation(Callback):
+        def on_validation_start(self, trainer, pl_module):
+            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
-    run(compose_cfg(TINY_WORLD + ["+augment=dfr", "data.val_per_group=4", "callbacks.dfr.Cs=[0.1,1.0]",
-                                  "callbacks.dfr.n_subsamples=2"]))
+    probe = BeforeLastValidation()
+    trainer, model, dm = fit(compose_cfg(TINY_WORLD + ["+augment=dfr", "data.val_per_group=4",
+                                                       "callbacks.dfr.Cs=[0.1,1.0]", "callbacks.dfr.n_subsamples=2"]),
+                             probe)
+    trainer.test(model, datamodule=dm)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    dfr = report["extra"]["dfr"]
-    assert dfr["C"] in (0.1, 1.0) and dfr["groups_from"] == "ground_truth"
+    dfr = report["extra"]["dfr"]  # the callback's logged scalars
+    assert any(dfr["C"] == pytest.approx(c) for c in (0.1, 1.0))
     assert dfr["groups"] == 36 and dfr["per_group"] == 4  # every world group, equally many samples
-    before = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    before = probe.state
     after = torch.load(tmp_path / "checkpoints" / "dfr.ckpt", weights_only=False)["state_dict"]
     assert not torch.allclose(_head(before), _head(after))  # a new last layer ...
     assert all(torch.equal(v, after[k]) for k, v in before.items() if k.startswith("net.") and ".fc." not in k)
@@ -374,13 +381,14 @@ def test_dfr_balances_by_discovered_groups(compose_cfg, tmp_path, tiny_clip):
     from train import run
 
     overrides = discovery_overrides(tiny_clip, tmp_path / "emb")
-    overrides.remove("callbacks.failure_discovery.start_epoch=1")  # dfr_discovered: the last epoch (here epoch 1)
-    cfg = compose_cfg(TINY_WORLD + ["+augment=dfr_discovered", "test=false", "callbacks.dfr.Cs=[1.0]",
-                                    "callbacks.dfr.n_subsamples=2", "callbacks.dfr.checkpoint=null"] + overrides)
+    overrides.remove("loop.start_epoch=1")  # dfr_discovered: the last epoch (here epoch 1)
+    cfg = compose_cfg(TINY_WORLD + ["+augment=dfr_discovered", "test=false", "remedy.Cs=[1.0]",
+                                    "remedy.n_subsamples=2"] + overrides)
     run(cfg)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    dfr, modes = report["extra"]["dfr"], [FailureMode.from_dict(m) for m in report["rounds"][0]["modes"]]
-    assert dfr["groups_from"] == "discovered" and modes
+    rnd = report["rounds"][0]
+    dfr, modes = rnd["details"], [FailureMode.from_dict(m) for m in rnd["modes"]]
+    assert rnd["remedy"] == "dfr" and rnd["status"] == "remedied" and modes
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")
     dm.setup()
     groups, names = groups_from_members(dm.val_set.labels, modes, dm.class_names)
@@ -393,17 +401,17 @@ def test_retrieval_adds_nearest_pool_images_with_the_mode_label(compose_cfg, tmp
     from blindspot.images import load_image
 
     cfg = compose_cfg(TINY_WORLD + ["+augment=retrieval", "trainer.max_epochs=2", "test=false",
-                                    "data.pool_per_class=20", "callbacks.pool_retrieval.images_per_round=8",
-                                    "callbacks.failure_discovery.every_n_epochs=1",
-                                    f"callbacks.pool_retrieval.cache_dir={tmp_path / 'emb'}",
-                                    "callbacks.pool_retrieval.progress=false"]
-                      + discovery_overrides(tiny_clip, tmp_path / "emb") + ["callbacks.failure_discovery.max_rounds=2"])
+                                    "data.pool_per_class=20", "remedy.images_per_round=8",
+                                    "loop.every_n_epochs=1",
+                                    f"loop.cache_dir={tmp_path / 'emb'}",
+                                    "loop.progress=false"]
+                      + discovery_overrides(tiny_clip, tmp_path / "emb") + ["loop.max_rounds=2"])
     probe = Probe()
     trainer, model, dm = fit(cfg, probe)
-    discovery = next(c for c in trainer.callbacks if type(c).__name__ == "FailureDiscovery")
-    mode_class = {m.mode_id: m.class_index for r in discovery.rounds for m in r.modes}
+    loop = next(c for c in trainer.callbacks if type(c).__name__ == "FailureLoopCallback").loop
+    mode_class = {m.mode_id: m.class_index for r in loop.rounds for m in r.modes}
     records, pool = dm.synthetic, dm.pool_split()
-    assert len(discovery.rounds) == 2 and 0 < len(records) <= 16
+    assert len(loop.rounds) == 2 and 0 < len(records) <= 16
     assert len({r["pool_index"] for r in records}) == len(records)  # never the same pool image twice
     for r in records:
         assert r["label"] == mode_class[r["mode_id"]] == int(pool.labels[r["pool_index"]])
@@ -413,5 +421,5 @@ def test_retrieval_adds_nearest_pool_images_with_the_mode_label(compose_cfg, tmp
     trained_on = {i for b in probe.batches[1] for i in b["index"].tolist()}
     assert first and {len(dm.train_set) + k for k in range(len(first))} <= trained_on  # epoch 2 trains on them
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
-    state = next(v for k, v in ckpt["callbacks"].items() if "PoolRetrieval" in k)
+    state = next(v for k, v in ckpt["callbacks"].items() if "FailureLoopCallback" in k)["remedy"]
     assert sorted(state["taken"]) == sorted(r["pool_index"] for r in records)

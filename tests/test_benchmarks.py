@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_benchmark(module: str, out: Path, *args: str, timeout: int = 900) -> None:
-    env = dict(os.environ, BLINDSPOT_RESULTS=str(out), PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+    env = dict(os.environ, BLINDSPOT_RESULTS=str(out), WANDB_MODE="offline")  # `-m` from ROOT: ROOT is on sys.path
     proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--quick", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -23,13 +23,13 @@ def run_benchmark(module: str, out: Path, *args: str, timeout: int = 900) -> Non
 
 @pytest.mark.parametrize("module,keys", [
     ("discovery", ["min_cosine_vs_sklearn"]),
-    ("perf_embedding", ["ratio_vs_raw", "cached_fraction"]),
+    ("perf_embedding", ["ratio_vs_raw", "cached_fraction", "cosine_min", "cosine_mean"]),
     ("perf_generation", ["ratio_vs_raw", "speedup_fast_vs_default", "agreement_drop", "images_per_s"]),
     ("perf_callback", ["overhead_fraction"]),
-    ("perf_ddp_generation", ["speedup_2proc_vs_1proc"]),
+    ("perf_ddp_generation", ["speedup_2proc_vs_1proc", "identical_images", "max_abs_pixel_difference"]),
     ("perf_e2e", ["cpu_seconds"]),
     ("world_models", ["clip_class_acc", "clip_background_acc", "clip_color_acc", "clip_retrieval_r1",
-                      "gen_class_agreement_min_pair", "gen_background_agreement_min_pair"]),
+                      "gen_class_agreement_min_pair", "gen_background_agreement_min_pair", "train_minutes_clip"]),
 ])
 def test_quick_benchmark_writes_its_results(module, keys, tmp_path):
     run_benchmark(module, tmp_path)
@@ -107,3 +107,106 @@ def test_wilson_interval_matches_the_textbook_values():
     low, high = wilson_interval(13 / 16, 16)
     assert low < 13 / 16 < high and high - low > 0.3
     assert wilson_interval(1.0, 32)[1] == 1.0
+
+
+def _fake_report(rounds: list[dict], extra: dict | None = None) -> dict:
+    """A report.json as train.py writes it, with only what the comparison reads."""
+    test = {"avg_acc": 0.9, "worst_group_acc": 0.5, "per_group": {"star|grass": 0.5}}
+    return {"metrics": {"test": test}, "rounds": rounds, "wall_seconds": 60.0} | ({"extra": extra} if extra else {})
+
+
+def test_compare_counts_the_images_every_method_added(tmp_path):
+    """From report.json files on disk: diffusion (kept / injected per round), retrieval (old: extra.retrieval, new:
+    injected per round) and a method that adds nothing; the table, JSON and figure show the images added."""
+    from benchmarks.compare import run_all, summarise, render
+
+    reports = {
+        ("failure_diffusion", 0): _fake_report([{"round": 0, "kept": 138}, {"round": 1, "kept": 94}]),  # old layout
+        ("failure_diffusion", 1): _fake_report([{"round": 0, "kept": 140, "injected": 138},
+                                                {"round": 1, "kept": 96, "injected": 94}]),
+        ("retrieval", 0): _fake_report([{"round": 0, "kept": 0}, {"round": 1, "kept": 0}],  # old layout
+                                       {"retrieval": {"0": {"retrieved": 256, "added": 256, "per_mode": {"m": 256}},
+                                                      "1": {"retrieved": 256, "added": 256}}}),
+        ("retrieval", 1): _fake_report([{"round": 0, "injected": 256}, {"round": 1, "injected": 256}],
+                                       {"retrieval": {"0": {"added": 256}, "1": {"added": 256}}}),  # not twice
+        ("none", 0): _fake_report([]), ("none", 1): _fake_report([]),
+    }
+    for (method, seed), report in reports.items():
+        folder = tmp_path / "runs" / method / f"seed{seed}" / "report"
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_text(json.dumps(report))
+    runs = run_all(["none", "retrieval", "failure_diffusion"], [0, 1], tmp_path / "runs", quick=False, workers=1)
+    summary = summarise(runs)  # finished runs are read back, nothing is trained
+    assert {m: s["images_added"] for m, s in summary.items()} == {"none": 0, "retrieval": 512,
+                                                                  "failure_diffusion": 232}
+    text = render(tmp_path / "results", "compare", summary, [])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[3] for line in text.splitlines()[2:5]}
+    assert rows == {"none": "0", "retrieval": "512", "failure_diffusion": "232"}
+    assert json.loads((tmp_path / "results" / "compare.json").read_text())["retrieval"]["images_added"] == 512
+    assert (tmp_path / "results" / "compare.png").stat().st_size > 1000
+
+
+def test_embedding_baseline_is_open_clips_own_path(tmp_path, monkeypatch):
+    """The raw baseline (open_clip's preprocess on PIL images) agrees with the wrapper on the same weights, and
+    does not go through the wrapper: a broken wrapper shows up as disagreement instead of matching itself."""
+    from benchmarks.perf_embedding import compare_paths
+    from blindspot.clip import ClipModel
+    from blindspot.world.corpus import corpus_batch
+    from blindspot.world.spec import WorldSpec
+    from tests.tiny_models import make_tiny_clip
+
+    name = make_tiny_clip(tmp_path / "clip")
+    images = corpus_batch(WorldSpec(), 24, seed=0).images
+    result = compare_paths(name, None, images, batch_size=16, repeats=1)
+    assert result["images"] == 24 and result["seconds_raw"] > 0 and result["seconds_blindspot"] > 0
+    assert result["cosine_min"] > 0.999, result
+    assert "Normalize" in result["raw_preprocess"]
+
+    encode = ClipModel.encode_images
+    monkeypatch.setattr(ClipModel, "encode_images", lambda self, x, batch_size=256: -encode(self, x, batch_size))
+    broken = compare_paths(name, None, images, batch_size=16, repeats=1)
+    assert broken["cosine_mean"] == pytest.approx(-1.0, abs=1e-3)
+
+
+def test_ddp_generation_compares_every_image_exactly():
+    """Per seed and per pixel: one pixel off by one is not identical, even where a pixel sum would agree."""
+    import numpy as np
+
+    from benchmarks.perf_ddp_generation import compare_images
+
+    rng = np.random.default_rng(0)
+    a = {s: rng.integers(0, 256, (3, 8, 8), dtype=np.uint8) for s in range(6)}
+    assert compare_images(a, {s: x.copy() for s, x in a.items()}) == {
+        "images_compared": 6, "identical_images": 6, "max_abs_pixel_difference": 0, "missing_seeds": [],
+        "all_identical": True}
+    a[2][0, 0, :2], a[4][1, 2, 3] = (10, 20), 100
+    b = {s: x.copy() for s, x in a.items()}
+    b[2][0, 0, :2] = (20, 10)  # two pixels swapped: the same pixel sum, a different image
+    b[4][1, 2, 3] = 101
+    del b[5]
+    assert compare_images(a, b) == {"images_compared": 5, "identical_images": 3, "max_abs_pixel_difference": 10,
+                                    "missing_seeds": [5], "all_identical": False}
+
+
+def test_world_model_budget_is_judged_on_the_run_that_made_the_shipped_weights(tmp_path):
+    """A faster re-run is shown as information; the budget passes or fails on the shipped weights' own run."""
+    from benchmarks.world_models import judge, markdown
+
+    (tmp_path / "world_clip").mkdir()
+    (tmp_path / "world_clip" / "training.json").write_text(json.dumps({
+        "wall_minutes": 76.78, "date": "2026-11-23 14:45:59",
+        "reproductions": [{"date": "2026-12-01 10:03:13", "wall_minutes": 12.0}]}))
+    (tmp_path / "world_diffusion").mkdir()
+    (tmp_path / "world_diffusion" / "training.json").write_text(json.dumps({
+        "total_wall_minutes": 87.08, "wall_minutes": 13.0, "date": "2026-12-01 10:17:32"}))
+    result = judge({"gen_seconds_64_cpu": 10.0}, tmp_path)
+    assert result["train_minutes_clip"] == 76.78 and result["train_minutes_clip_rerun"] == 12.0
+    assert result["passed"]["train_minutes_clip"] is False
+    assert result["train_minutes_diffusion"] == 87.08 and result["passed"]["train_minutes_diffusion"] is True
+    assert result["train_minutes_diffusion_rerun"] is None
+    text = markdown(result | {"gen_class_min_pair_ci95": [0.7, 0.9], "images_per_pair": 32, "gen_class_min_pair": "a",
+                              "gen_background_min_pair": "b", "gen_class_agreement_mean": 0.9,
+                              "gen_background_agreement_mean": 1.0, "machine": {"processor": "x", "torch_threads": 2}})
+    assert "| train_minutes_clip | 76.78 | ≤ 30 | no |" in text
+    assert "| train_minutes_clip_rerun | 12.00 | – | – |" in text
+    assert "a re-run of the same command on 2026-12-01 took 12.00 min (information only" in text

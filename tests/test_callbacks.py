@@ -25,10 +25,10 @@ def augment_overrides(tiny_models, budget=12):
         "+augment=failure_diffusion", "data.val_per_group=6", "trainer.max_epochs=2",
         f"clip.name={clip_name}", "clip.pretrained=null", f"generator.model={pipe}",
         "generator.num_inference_steps=2", "generator.progress=false",
-        "callbacks.failure_discovery.start_epoch=1", "callbacks.failure_discovery.max_rounds=1",
-        "augment.methods.directions.min_support=3", "augment.methods.directions.min_error_gap=0.0",
-        f"callbacks.diffusion_augmentation.images_per_round={budget}", "callbacks.diffusion_augmentation.batch_size=8",
-        "augment.filters.clip_alignment.enabled=false",
+        "loop.start_epoch=1", "loop.max_rounds=1",
+        "discovery.min_support=3", "discovery.min_error_gap=0.0",
+        f"remedy.images_per_round={budget}", "remedy.batch_size=8",
+        "~filters.clip_alignment",
     ]
 
 
@@ -49,7 +49,7 @@ def test_a_round_discovers_generates_filters_injects_and_reports(compose_cfg, tm
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     pool = ckpt["WorldDataModule"]["synthetic"]
     assert len(pool) == rnd["kept"] and {r["path"] for r in pool} == {r["path"] for r in manifest if r["kept"]}
-    discovery_state = next(v for k, v in ckpt["callbacks"].items() if "FailureDiscovery" in k)
+    discovery_state = next(v for k, v in ckpt["callbacks"].items() if "FailureLoopCallback" in k)
     assert [m["mode_id"] for m in discovery_state["rounds"][0]["modes"]] == [m["mode_id"] for m in rnd["modes"]]
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "index.html").is_file()
     assert "test" in report["metrics"] and "baseline_test" in report["metrics"]
@@ -61,7 +61,7 @@ def test_untargeted_ablation_prompts_name_only_the_class(compose_cfg, tmp_path, 
     from train import run
 
     cfg = compose_cfg(augment_overrides(tiny_models, budget=6)
-                      + ["callbacks.diffusion_augmentation.untargeted=true", "test=false"])
+                      + ["remedy.untargeted=true", "test=false"])
     run(cfg)
     prompts = {json.loads(line)["prompt"] for p in (tmp_path / "generated").glob("manifest-rank*.jsonl")
                for line in p.read_text().splitlines()}
@@ -71,6 +71,6 @@ def test_untargeted_ablation_prompts_name_only_the_class(compose_cfg, tmp_path, 
 def test_a_zero_budget_is_refused_before_training(compose_cfg, tiny_models):
     from train import run
 
-    cfg = compose_cfg(augment_overrides(tiny_models) + ["callbacks.diffusion_augmentation.images_per_round=0"])
+    cfg = compose_cfg(augment_overrides(tiny_models) + ["remedy.images_per_round=0"])
     with pytest.raises(Exception, match="budget"):
         run(cfg)

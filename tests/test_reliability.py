@@ -34,12 +34,12 @@ def headline(tiny_models, run_dir, steps=24, extra=()):
     return [*TINY_WORLD, "+augment=failure_diffusion", "data.val_per_group=6", "trainer.max_epochs=2", "test=false",
             f"clip.name={clip_name}", "clip.pretrained=null", f"generator.model={pipe}",
             f"generator.num_inference_steps={steps}", "generator.progress=false",
-            "callbacks.failure_discovery.start_epoch=1", "callbacks.failure_discovery.max_rounds=1",
-            "augment.methods.directions.min_support=3", "augment.methods.directions.min_error_gap=0.0",
-            f"callbacks.diffusion_augmentation.images_per_round={BUDGET}",
-            "callbacks.diffusion_augmentation.batch_size=2",
+            "loop.start_epoch=1", "loop.max_rounds=1",
+            "discovery.min_support=3", "discovery.min_error_gap=0.0",
+            f"remedy.images_per_round={BUDGET}",
+            "remedy.batch_size=2",
             # a random tiny CLIP/classifier would reject every image: keep the filters that judge pixels only
-            "augment.filters.clip_alignment.enabled=false", "augment.filters.classifier.enabled=false",
+            "~filters.clip_alignment", "~filters.classifier",
             f"hydra.run.dir={run_dir}", *extra]
 
 
@@ -92,22 +92,22 @@ def test_resume_after_a_round_restores_modes_pool_counters_and_continues(compose
 
     def cfg(out, extra):
         over = headline(tiny_models, out, steps=2)[:-1] + ["trainer.max_epochs=3",
-                                                           "callbacks.failure_discovery.max_rounds=2",
-                                                           "callbacks.failure_discovery.every_n_epochs=1", *extra]
+                                                           "loop.max_rounds=2",
+                                                           "loop.every_n_epochs=1", *extra]
         return compose_cfg([o for o in over if not o.startswith("hydra.")], output_dir=out)
 
     run(cfg(tmp_path / "full", []))
     run(cfg(tmp_path / "half", ["+trainer.max_steps=24"]))  # stops after epoch 2 (round 0 done, round 1 done)
     half = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=False)
-    state = next(v for k, v in half["callbacks"].items() if "FailureDiscovery" in k)
+    state = next(v for k, v in half["callbacks"].items() if "FailureLoopCallback" in k)
     assert len(state["rounds"]) == 2 and half["WorldDataModule"]["synthetic"]
-    aug = next(v for k, v in half["callbacks"].items() if "DiffusionAugmentation" in k)
-    assert set(aug["stats"]) == {"0", "1"} and aug["stats"]["0"]["recorded"] == BUDGET
+    assert [r["status"] for r in state["rounds"]] == ["remedied", "remedied"]
+    assert state["rounds"][0]["stats"]["generated"] == BUDGET
     run(cfg(tmp_path / "half", [f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"]))
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=False)
     rounds = lambda c: [[m["mode_id"] for m in r["modes"]] for r in  # noqa: E731
-                        next(v for k, v in c["callbacks"].items() if "FailureDiscovery" in k)["rounds"]]
+                        next(v for k, v in c["callbacks"].items() if "FailureLoopCallback" in k)["rounds"]]
     assert rounds(a) == rounds(b)
     assert [Path(r["path"]).name for r in a["WorldDataModule"]["synthetic"]] == \
         [Path(r["path"]).name for r in b["WorldDataModule"]["synthetic"]]
@@ -157,8 +157,8 @@ def test_ddp_shards_generation_and_every_rank_trains_on_the_same_pool(tiny_model
     (["model.backbone=resnet_does_not_exist"], "unknown timm model"),
     (["vocabulary=file", "vocabulary.path=/nonexistent/vocab.yaml"], "vocabulary.path"),
     (["data.planted=[{cls: dragon, attribute: background, value: grass, rate: 0.1}]"], "dragon"),
-    (["callbacks.diffusion_augmentation.images_per_round=0"], "budget"),
-    (["callbacks.diffusion_augmentation.output_dir=/proc/version/generated"], "cannot write"),
+    (["remedy.images_per_round=0"], "budget"),
+    (["remedy.output_dir=/proc/version/generated"], "cannot write"),
 ])
 def test_bad_input_is_named_before_training(compose_cfg, tiny_models, tmp_path, override, match):
     from train import run

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from blindspot import charts
 from blindspot.modes import FailureMode
-from blindspot.report import fmt_pct, fmt_seconds, load_report, render_html, render_markdown, write_report
+from blindspot.report import (CHART_FILES, find_regressions, fmt_ci, fmt_pct, fmt_seconds, load_report, render_html,
+                              render_markdown, write_report)
 
 EVIL = "<script>alert(1)</script> on grass"
 
@@ -28,7 +30,9 @@ def full_report() -> dict:
         _mode("r0-star-0", "a star on sand", 0.812, [1, 2, 3, 4], thumbnail="thumbs/r0-star-0-members.png",
               generated_thumbnail="thumbs/r0-star-0-generated.png", rejected_thumbnail="thumbs/r0-star-0-rejected.png",
               acc_before=0.25, acc_after=0.875, group_acc_before=0.3, group_acc_after=0.9,
-              majority_group="star|background=sand", images_planned=16, images_kept=12),
+              majority_group="star|background=sand", images_planned=16, images_kept=12,
+              test_slice={"n": 40, "acc_before": 0.2, "acc_after": 0.7, "ci_before": [0.1, 0.35],
+                          "ci_after": [0.55, 0.82]}),
         _mode("r0-star-1", EVIL, 0.5, [5, 6], thumbnail="thumbs/r0-star-1-members.png",
               acc_before=0.5, acc_after=None, images_planned=8, images_kept=0),
     ]
@@ -50,7 +54,10 @@ def full_report() -> dict:
         "discovery": {"planted_recall": 1.0, "caption_hit": 0.5, "k": 2,
                       "planted": [{"group": "star|background=sand", "found": True, "mode_id": "r0-star-0",
                                    "caption_hit": True, "value": "sand"}]},
-        "rounds": [{"round": 0, "epoch": 4, "method": "failure_diffusion",
+        "rounds": [{"round": 0, "epoch": 4, "method": "failure_diffusion", "remedy": "text2image",
+                    "status": "remedied", "injected": 11, "details": {"prompts": 3, "pool_hit_rate": 2 / 3},
+                    "probes": [{"mode_id": "r0-star-0", "caption": "a star on sand", "n": 8, "error": 0.75,
+                                "ci_low": 0.41, "ci_high": 0.93, "kept": True}],
                     "seconds": {"embed": 1.5, "discover": 0.4, "caption": 0.2, "generate": 61.0, "filter": 3.0},
                     "modes": modes, "generated": 24, "kept": 12, "rejected_by": {"clip_score": 9, "classifier": 3},
                     "failed_prompts": ["a star on lava"]}],
@@ -62,18 +69,39 @@ def full_report() -> dict:
     }
 
 
-@pytest.fixture
-def written(tmp_path: Path) -> tuple[dict[str, Path], dict]:
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[dict[str, Path], dict]:
     report = full_report()
-    return write_report(report, tmp_path / "report"), report
+    return write_report(report, tmp_path_factory.mktemp("run") / "report"), report
 
 
-def test_full_report_writes_all_three_files(written):
+def test_full_report_writes_all_three_files_and_the_charts(written):
     paths, _ = written
-    assert set(paths) == {"json", "markdown", "html"}
-    assert {p.name for p in paths.values()} == {"report.json", "report.md", "index.html"}
-    for p in paths.values():
+    assert set(paths) == {"json", "markdown", "html", "charts"}
+    assert {paths[k].name for k in ("json", "markdown", "html")} == {"report.json", "report.md", "index.html"}
+    out = paths["json"].parent
+    assert paths["charts"] == [out / rel for rel in CHART_FILES.values()]  # every chart has data here, in order
+    for p in [paths["json"], paths["markdown"], paths["html"], *paths["charts"]]:
         assert p.is_file() and p.stat().st_size > 500
+    for p in paths["charts"]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [n for n in os.listdir(out / "charts") if n.endswith(".tmp")]
+
+
+def test_pages_embed_the_charts_by_relative_link(written):
+    paths, _ = written
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    for rel in CHART_FILES.values():
+        assert re.search(rf"!\[[^]]+\]\({re.escape(rel)}\)", md)
+        assert f'<img src="{rel}" alt="' in page
+    headline = md.index("Test accuracy**")
+    assert headline < md.index("](charts/validation.png)") < md.index("## Discovery")  # charts right under it
+
+
+def test_empty_report_draws_no_charts(tmp_path):
+    paths = write_report({}, tmp_path)
+    assert paths["charts"] == [] and not (tmp_path / "charts").exists()
+    assert "charts/" not in paths["markdown"].read_text() and "charts/" not in paths["html"].read_text()
 
 
 def test_json_round_trips_with_nan_as_null(written):
@@ -166,19 +194,22 @@ def test_empty_and_malformed_sections_do_not_crash(tmp_path):
     report = {"metrics": {"test": None, "baseline_test": {"avg_acc": "n/a"}}, "rounds": [{"modes": [{}, None]}, "x"],
               "discovery": {"planted": [None, {"group": "g"}]}, "breakdown": {}, "timeline": [None]}
     md = render_markdown(report)
-    assert "Round 0" in md and "No failure modes found" in md
+    assert "Round 1" in md and "No failure modes found" in md  # rounds are shown 1-based, like epochs
     assert write_report({}, tmp_path)["html"].read_text().count("No discovery rounds were run") == 1
 
 
 def test_writes_are_atomic_and_replace(tmp_path):
     out = tmp_path / "report"
     write_report(full_report(), out)
-    first = {p.name: p.read_text() for p in out.iterdir()}
+    first = {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
+    assert (out / CHART_FILES["validation"]).is_file()
     paths = write_report({"title": "second", "metrics": {"test": {"avg_acc": 0.5}}}, out)
-    assert sorted(os.listdir(out)) == ["index.html", "report.json", "report.md"]  # no temporary files left
+    # no temporary files left, and the first report's charts are gone with it (charts/ too, now empty)
+    assert sorted(os.listdir(out)) == ["index.html", "report.json", "report.md"]
     md = paths["markdown"].read_text()
     assert md.startswith("# second\n") and md.count("# second") == 1 and "a star on sand" not in md
-    assert load_report(out) == {"title": "second", "metrics": {"test": {"avg_acc": 0.5}}}
+    assert load_report(out) == {"title": "second", "metrics": {"test": {"avg_acc": 0.5}}, "regression_margin": 0.05,
+                                "regressions": []}
     assert len(paths["html"].read_text()) < len(first["index.html"])
 
 
@@ -191,10 +222,104 @@ def test_failed_write_keeps_the_old_report(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         write_report({"title": "new"}, tmp_path)
-    assert load_report(tmp_path) == {"title": "old"}
+    assert load_report(tmp_path)["title"] == "old"
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
 def test_formatting_helpers():
     assert fmt_pct(0.875) == "87.5%" and fmt_pct(None) == "–" and fmt_pct(float("nan")) == "–"
     assert fmt_seconds(12.34) == "12.3 s" and fmt_seconds(125) == "2 min 05 s" and fmt_seconds(3720) == "1 h 02 min"
+
+
+def _regression_report() -> dict:
+    """Groups, classes and modes around a 5-point margin: -6 (flagged), -4 and exactly -5 (not flagged)."""
+    return {
+        "metrics": {"baseline_test": {"per_group": {"a|x": 0.80, "b|x": 0.80, "c|x": 0.80, "d|x": 0.5},
+                                      "per_class": {"a": 0.90, "b": 0.70}},
+                    "test": {"per_group": {"a|x": 0.74, "b|x": 0.76, "c|x": 0.75, "d|x": None},
+                             "per_class": {"a": 0.95, "b": 0.60}}},
+        "rounds": [{"round": 0, "epoch": 2, "modes": [
+            _mode("r0-star-0", "a star on sand", 0.8, [1, 2], acc_before=0.5, acc_after=0.3,
+                  test_slice={"n": 30, "acc_before": 0.6, "acc_after": 0.58}),
+            _mode("r0-star-1", "a star on snow", 0.7, [3], acc_before=0.4, acc_after=0.9,
+                  test_slice={"n": 25, "acc_before": 0.7, "acc_after": 0.45, "ci_before": [0.5, 0.85],
+                              "ci_after": [0.3, 0.7]})]}],
+    }
+
+
+def test_find_regressions_uses_the_margin():
+    found = find_regressions(_regression_report())
+    assert [(r["kind"], r["name"], r["split"]) for r in found] == [
+        ("mode", "r0-star-1", "test"), ("mode", "r0-star-0", "val"), ("class", "b", "test"), ("group", "a|x", "test")]
+    assert [round(r["change"], 6) for r in found] == [-0.25, -0.2, -0.1, -0.06]  # worst first
+    assert found[0]["n"] == 25 and found[0]["caption"] == "a star on snow" and found[0]["before"] == 0.7
+    # b|x (-4 pts) is under the margin; c|x (exactly -5 pts) is not *more* than it; d|x has no final value
+    assert [r["name"] for r in find_regressions(_regression_report(), margin=0.07)] == ["r0-star-1", "r0-star-0",
+                                                                                        "b"]
+    assert {r["name"] for r in find_regressions(_regression_report(), margin=0.039)} >= {"a|x", "b|x", "c|x"}
+    assert find_regressions({}) == [] and find_regressions({"rounds": [None, {"modes": [{}]}]}) == []
+    with pytest.raises(ValueError, match="regression_margin"):
+        find_regressions({}, margin=-0.1)
+
+
+def test_regressions_are_flagged_at_the_top(tmp_path):
+    report = {**full_report(), **_regression_report()}
+    paths = write_report(report, tmp_path)
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert md.index("> [!WARNING]") < md.index("**Method**") and "**4 regressions: worse by more than 5.0 pts**" in md
+    assert r"group a\|x (test): 80.0% → 74.0% (-6.0 pts)" in md
+    assert 'mode r0-star-1 "a star on snow" (held-out test slice, n=25): 70.0% → 45.0% (-25.0 pts)' in md
+    assert page.index('<div class="notice warning"') < page.index('<div class="cards">') < page.index("charts/")
+    assert "group a|x (test): 80.0% → 74.0% (-6.0 pts)" in page
+    saved = load_report(tmp_path)
+    assert saved["regression_margin"] == 0.05 and [r["name"] for r in saved["regressions"]] == [
+        "r0-star-1", "r0-star-0", "b", "a|x"]
+    assert "regressions" not in report  # the caller's dict is left alone
+
+
+def test_report_margin_and_supplied_regressions_are_honoured(tmp_path):
+    wide = write_report({**_regression_report(), "regression_margin": 0.5}, tmp_path)["markdown"].read_text()
+    assert "[!WARNING]" not in wide and "No regressions: none of 9 before/after comparisons" in wide
+    supplied = {**_regression_report(), "regressions": [{"kind": "group", "name": "z|y", "before": 0.9,
+                                                         "after": 0.1, "change": -0.8}]}
+    md = render_markdown(supplied)
+    assert "**1 regression: worse by more than 5.0 pts**" in md and r"group z\|y (test): 90.0% → 10.0%" in md
+    assert "a\\|x" not in md.split("##")[0]  # the supplied list is shown as it is, not recomputed
+    with pytest.raises(ValueError, match="regression_margin"):
+        write_report({"regression_margin": "lots"}, tmp_path)
+
+
+def test_modes_table_shows_test_slice_probes_and_counts(written):
+    paths, _ = written
+    md = paths["markdown"].read_text()
+    assert "Test slice acc before → after \\[95% interval\\]" in md
+    assert "| 40 | 20.0% \\[10.0–35.0\\] → 70.0% \\[55.0–82.0\\] (+50.0 pts) |" in md
+    assert "| – | – |" in md  # the second mode has no test slice
+    assert "24 generated, 12 kept, 11 injected" in md and "**Remedy**: text2image" in md
+    assert "**Details**: prompts: 3, pool_hit_rate: 0.6667" in md
+    assert "| r0-star-0 | a star on sand | 8 | 75.0% \\[41.0–93.0\\] | yes |" in md  # caption probe
+    assert fmt_ci(0.5, [0.25, None]) == "50.0%" and fmt_ci(None, [0.1, 0.2]) == "–"
+
+
+def test_a_failing_chart_is_skipped_not_fatal(tmp_path, monkeypatch, caplog):
+    def boom(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(charts, "curves_chart", boom)
+    paths = write_report(full_report(), tmp_path)
+    assert [p.name for p in paths["charts"]] == ["test_before_after.png", "test_slices.png"]
+    assert "charts/validation.png" not in paths["html"].read_text() and "no fonts" in caplog.text
+
+
+def test_partial_data_renders_and_skips_what_is_missing(tmp_path):
+    report = {"timeline": [{"epoch": 0, "val_acc": None}, {"epoch": 1}, {"val_acc": 0.5}, None],
+              "mode_accuracy": {"m": [{"epoch": 0, "acc": 0.2}, {"epoch": 1, "acc": float("nan")}], "n": []},
+              "metrics": {"test": {"per_class": {"a": 0.9, "b": None}}},
+              "rounds": [{"epoch": "x", "modes": [{"mode_id": "m", "test_slice": {"n": 3, "ci_after": [1]}}]}]}
+    paths = write_report(report, tmp_path)
+    assert [p.name for p in paths["charts"]] == ["mode_accuracy.png", "test_before_after.png"]  # per class only
+    md = paths["markdown"].read_text()
+    assert "](charts/mode_accuracy.png)" in md and "validation.png" not in md and "[!" not in md
+    assert charts.dumbbell_chart([{"name": "a"}], tmp_path / "x.png", "t", 0.05) is None
+    assert charts.curves_chart([("a", [(1, None)], "#000")], [], tmp_path / "y.png", "t") is None
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()

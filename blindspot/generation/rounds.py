@@ -44,6 +44,7 @@ class PlanItem:
     prompt: str
     seed: int
     path: str
+    wave: int = 0  # generation wave within the round (remedy.target_kept adds waves)
 
 
 def split_budget(scores: Sequence[float], budget: int, min_per_mode: int = 1) -> list[int]:
@@ -64,19 +65,23 @@ def split_budget(scores: Sequence[float], budget: int, min_per_mode: int = 1) ->
 
 def plan_round(modes: Sequence[FailureMode], budget: int, round_index: int, seed: int, image_dir: str,
                prompts_per_mode: int = 2, prompt_template: str = "{caption}", untargeted: bool = False,
-               untargeted_template: str = "a photo of a {cls}", caption_weighting: str = "score") -> list[PlanItem]:
+               untargeted_template: str = "a photo of a {cls}", caption_weighting: str = "score",
+               prompt_fn: Callable[[FailureMode, int], list[str]] | None = None) -> list[PlanItem]:
     """Prompts and seeds for one round (untargeted: class-name prompts with the same per-mode budget).
 
     A mode's images go to its top `prompts_per_mode` captions in proportion to their scores
-    (`caption_weighting="score"`) or in turn (`"uniform"`).
+    (`caption_weighting="score"`) or in turn (`"uniform"`); `prompt_fn(mode, count)`, when given, composes
+    them instead (e.g. blindspot.generation.prompts.PromptComposer: diverse contexts).
     """
     if caption_weighting not in ("score", "uniform"):
         raise ValueError(f"caption_weighting={caption_weighting!r}: use 'score' or 'uniform'")
     counts = split_budget([m.score for m in modes], budget)
     items = []
     for mode, count in zip(modes, counts):
-        for k, prompt in enumerate(mode_prompts(mode, count, prompts_per_mode, prompt_template, untargeted,
-                                                untargeted_template, caption_weighting)):
+        prompts = (prompt_fn(mode, count) if prompt_fn is not None and not untargeted and count else
+                   mode_prompts(mode, count, prompts_per_mode, prompt_template, untargeted, untargeted_template,
+                                caption_weighting))
+        for k, prompt in enumerate(prompts):
             item_seed = (seed * 1_000_003 + round_index * 10_007 + len(items)) % (2**31 - 1)
             item_id = f"r{round_index}-{mode.mode_id}-{k:04d}"
             items.append(PlanItem(item_id, mode.mode_id, mode.class_index, mode.class_name, prompt, item_seed,

@@ -1,0 +1,179 @@
+"""The failure loop: one owner of CLIP, the validation embeddings, the rounds and each round's status.
+
+Lightning-free. A round is discovered (failure modes found and captioned on the validation errors), then
+remedied (a remedy plugin turns it into samples to inject, sample weights or groups). The loop alone decides
+when a round runs; adapters (the Lightning callback) feed it predictions and apply what a remedy returns;
+readers (the report, loggers) read `rounds` and `mode_accuracy`. Its whole changing state is `state_dict()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .clip import ClipModel
+from .embedding import embed_dataset
+from .modes import FailureMode
+from .remedies.base import Remedy, RemedyContext, RemedyResult
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("discovered", "remedied")
+
+
+@dataclass
+class Round:
+    """One round of the loop: when, what was found, what the remedy did, how long each step took."""
+
+    index: int
+    epoch: int
+    modes: list[FailureMode]
+    status: str = "discovered"
+    remedy: str = ""
+    stats: dict = field(default_factory=dict)  # the remedy's result stats (generated, kept, injected, ...)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return {"round": self.index, "epoch": self.epoch, "modes": [m.to_dict() for m in self.modes],
+                "status": self.status, "remedy": self.remedy, "stats": dict(self.stats),
+                "seconds": dict(self.seconds)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Round":
+        """Inverse of `to_dict`."""
+        return cls(d["round"], d["epoch"], [FailureMode.from_dict(m) for m in d["modes"]], d.get("status", "remedied"),
+                   d.get("remedy", ""), dict(d.get("stats", {})), dict(d.get("seconds", {})))
+
+
+@dataclass
+class Split:
+    """What the loop needs of a fixed image set: its size, its images by index, and a fingerprint."""
+
+    n: int
+    images: Callable[[list[int]], torch.Tensor]
+    fingerprint: str
+
+
+class FailureLoop:
+    """Every `every_n_epochs` validation epochs from `start_epoch` (1-based; at most `max_rounds` times): find
+    failure modes in CLIP space, caption them, and hand them to the remedy."""
+
+    def __init__(self, discovery: Callable, captioner: Callable, clip: ClipModel, remedy: Remedy | None = None,
+                 start_epoch: int = 1, every_n_epochs: int = 1, max_rounds: int = 1, max_modes: int = 4,
+                 cache_dir: str | None = None, progress: bool = True):
+        if every_n_epochs < 1 or start_epoch < 0 or max_rounds < 0 or max_modes < 1:
+            raise ValueError("loop needs every_n_epochs >= 1, start_epoch >= 0, max_rounds >= 0, max_modes >= 1 "
+                             "(loop.every_n_epochs, loop.start_epoch, loop.max_rounds, loop.max_modes)")
+        self.discovery, self.captioner, self.clip, self.remedy = discovery, captioner, clip, remedy
+        self.start_epoch, self.every_n_epochs, self.max_rounds = start_epoch, every_n_epochs, max_rounds
+        self.max_modes, self.cache_dir, self.progress = max_modes, cache_dir, progress
+        self.rounds: list[Round] = []
+        self.mode_accuracy: dict[str, list[dict]] = {}  # mode id -> [{"epoch", "acc"}] on its validation members
+        self._embeddings: dict[str, torch.Tensor] = {}
+
+    # resources ---------------------------------------------------------------------------------
+    def embed(self, split: Split, progress: bool | None = None) -> torch.Tensor:
+        """CLIP embeddings of a fixed split (computed once per process, cached on disk by fingerprint)."""
+        if split.fingerprint not in self._embeddings:
+            self._embeddings[split.fingerprint] = embed_dataset(
+                self.clip, split.n, split.images, split.fingerprint, self.cache_dir,
+                progress=self.progress if progress is None else progress)
+        return self._embeddings[split.fingerprint]
+
+    # schedule ----------------------------------------------------------------------------------
+    def is_due(self, epoch: int) -> bool:
+        """Whether a round runs at the end of this (0-based) epoch's validation."""
+        e = epoch + 1
+        return (len(self.rounds) < self.max_rounds and e >= self.start_epoch
+                and (e - self.start_epoch) % self.every_n_epochs == 0
+                and not any(r.epoch == epoch for r in self.rounds))
+
+    def unfinished(self) -> list[Round]:
+        """Rounds discovered but not yet remedied (the newest; after a crash, also an interrupted one)."""
+        return [r for r in self.rounds if r.status != "remedied"]
+
+    # steps -------------------------------------------------------------------------------------
+    def track(self, epoch: int, preds: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Record every known mode's accuracy on its validation members at this epoch; returns them."""
+        now = {}
+        for r in self.rounds:
+            for m in r.modes:
+                acc = float((preds[m.members] == labels[m.members]).float().mean())
+                curve = self.mode_accuracy.setdefault(m.mode_id, [])
+                if not curve or curve[-1]["epoch"] != epoch:
+                    curve.append({"epoch": epoch, "acc": acc})
+                now[m.mode_id] = acc
+        return now
+
+    def discover(self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+                 class_names: Sequence[str]) -> tuple[list[FailureMode], dict[str, float]]:
+        """Failure modes (at most max_modes, captioned) of this validation epoch, and the seconds each step took."""
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        modes = self.discovery(embeddings, labels, preds, list(class_names))[: self.max_modes]
+        seconds["discover"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.captioner(modes, self.clip.encode_texts, embeddings, labels)
+        seconds["caption"] = time.perf_counter() - t0
+        return modes, seconds
+
+    def add_round(self, epoch: int, modes: list[FailureMode], seconds: dict[str, float],
+                  preds: torch.Tensor, labels: torch.Tensor) -> Round:
+        """Start a round with these modes (ids made unique per round); its accuracy curves begin now."""
+        index = len(self.rounds)
+        for m in modes:
+            m.round, m.mode_id = index, f"r{index}-{m.mode_id}"
+        rnd = Round(index, epoch, modes, seconds=dict(seconds),
+                    remedy=getattr(self.remedy, "name", "") if self.remedy else "")
+        self.rounds.append(rnd)
+        for m in modes:
+            acc = float((preds[m.members] == labels[m.members]).float().mean())
+            self.mode_accuracy[m.mode_id] = [{"epoch": epoch, "acc": acc}]
+        return rnd
+
+    def remedy_round(self, rnd: Round, context: RemedyContext) -> RemedyResult:
+        """Run the remedy on a round; the round is then 'remedied' with the remedy's stats."""
+        if self.remedy is None:
+            result = RemedyResult()
+        else:
+            t0 = time.perf_counter()
+            result = self.remedy(rnd, context)
+            rnd.seconds["remedy"] = time.perf_counter() - t0
+        rnd.stats = dict(result.stats)
+        rnd.seconds.update(result.seconds)
+        rnd.status = "remedied"
+        return result
+
+    # modes on other splits ----------------------------------------------------------------------
+    def carry(self, rnd: Round, embeddings: torch.Tensor, labels: torch.Tensor,
+              ref_embeddings: torch.Tensor, ref_labels: torch.Tensor) -> dict[str, list[int]]:
+        """Each mode of a round carried onto another split (by its direction or centroid): mode id -> indices."""
+        from .baselines.groups import mode_direction
+
+        x = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+        labels = torch.as_tensor(labels).long()
+        out = {}
+        for m in rnd.modes:
+            d, cut = mode_direction(m, ref_embeddings, ref_labels)
+            out[m.mode_id] = torch.nonzero((labels == m.class_index) & (x @ d >= cut)).flatten().tolist()
+        return out
+
+    # checkpointed state -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The loop's changing state: rounds (with status and stats) and the mode accuracy curves."""
+        state = {"rounds": [r.to_dict() for r in self.rounds], "mode_accuracy": self.mode_accuracy}
+        if self.remedy is not None and hasattr(self.remedy, "state_dict"):
+            state["remedy"] = self.remedy.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`."""
+        self.rounds = [Round.from_dict(r) for r in state.get("rounds", [])]
+        self.mode_accuracy = {k: list(v) for k, v in state.get("mode_accuracy", {}).items()}
+        if self.remedy is not None and hasattr(self.remedy, "load_state_dict") and "remedy" in state:
+            self.remedy.load_state_dict(state["remedy"])

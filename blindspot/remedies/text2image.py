@@ -1,0 +1,241 @@
+"""Text-to-image generation as a remedy: plan prompts + seeds for a round's modes, generate (sharded over ranks),
+filter, record in the manifest, and inject what was kept (CLIP-aided description + diffusion generation of rare
+contexts, Chegini & Feizi 2023; classifier-probability pruning of generated samples).
+
+The round is generated in waves: the first has `images_per_round` images; with `target_kept` set, further waves
+(sized from the keep rate so far, at most `max_generated` images in all) run until the round keeps that many,
+and exactly `target_kept` are injected, so methods are compared at equal injected images. Every wave's plan is
+written before its first image, so a killed round resumes exactly (blindspot.generation.rounds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from ..filters import Candidates
+from ..generation.manifest import manifest_path, read_manifest
+from ..generation.rounds import (GenerationFailedError, PlanItem, RoundRunner, RoundStats, load_plan, plan_round,
+                                 remove_strays, save_plan)
+from ..images import load_image
+from .base import RemedyContext, RemedyResult, check_writable
+
+log = logging.getLogger(__name__)
+
+CAPTION_WEIGHTINGS = ("score", "uniform")
+
+
+class Text2ImageRemedy:
+    """Generate images for a round's modes with a text-to-image backend, keep what passes the filters, inject."""
+
+    name = "text2image"
+
+    def __init__(self, generator, filters: dict | None = None, output_dir: str = "generated",
+                 images_per_round: int = 256, target_kept: int | None = None, max_generated: int | None = None,
+                 prompts=None, verify=None, prompts_per_mode: int = 2, caption_weighting: str = "score",
+                 prompt_template: str = "{caption}", untargeted: bool = False,
+                 untargeted_template: str = "a photo of a {cls}", batch_size: int = 64,
+                 max_failure_fraction: float = 0.1, max_waves: int = 6, seed: int = 0):
+        if images_per_round < 1:
+            raise ValueError(f"remedy.images_per_round={images_per_round}: the generation budget must be >= 1 "
+                             "(use +augment=none to train without generated images)")
+        if target_kept is not None and target_kept < 1:
+            raise ValueError(f"remedy.target_kept={target_kept}: must be >= 1, or null to inject whatever is kept")
+        if not 0.0 <= max_failure_fraction <= 1.0:
+            raise ValueError(f"remedy.max_failure_fraction={max_failure_fraction}: must be in [0, 1]")
+        if caption_weighting not in CAPTION_WEIGHTINGS:
+            raise ValueError(f"remedy.caption_weighting={caption_weighting!r}: use one of {CAPTION_WEIGHTINGS}")
+        self.generator = generator
+        self.prompts = prompts  # a PromptComposer (diverse contexts), or None: the mode's top captions as they are
+        self.verify = verify  # a ProbeVerifier (probe each caption before spending), or None
+        self.filters = [f for f in (filters or {}).values() if f is not None]
+        self.output_dir = Path(output_dir)
+        self.images_per_round, self.target_kept = images_per_round, target_kept
+        self.max_generated = max_generated or (4 * target_kept if target_kept else images_per_round)
+        self.prompts_per_mode, self.caption_weighting, self.prompt_template = (prompts_per_mode, caption_weighting,
+                                                                              prompt_template)
+        self.untargeted, self.untargeted_template = untargeted, untargeted_template
+        self.batch_size, self.max_failure_fraction, self.max_waves, self.seed = (batch_size, max_failure_fraction,
+                                                                                 max_waves, seed)
+
+    def prepare(self, context: RemedyContext) -> None:
+        """Before training: the output folder is writable and the generator loads."""
+        check_writable(self.output_dir, "remedy.output_dir")
+        if hasattr(self.generator, "pipe"):
+            _ = self.generator.pipe
+
+    # filtering -------------------------------------------------------------------------------
+    def judge(self, context: RemedyContext):
+        """A function giving filters what they look at: CLIP embeddings and the current classifier's view."""
+        needs = set().union(*(f.needs for f in self.filters)) if self.filters else set()
+
+        def judge(images: torch.Tensor, prompts: list[str], labels: torch.Tensor) -> Candidates:
+            clean = torch.nan_to_num(images, nan=0.0).clamp(0, 1)
+            c = Candidates(images=images, labels=labels, prompts=prompts)
+            if "clip" in needs:
+                c.image_emb = context.clip.encode_images(clean)
+                c.prompt_emb = context.clip.encode_texts(prompts)
+                c.class_emb = context.clip.encode_texts([f"a photo of a {n}" for n in context.class_names])
+            if "classifier" in needs:
+                c.probs = context.predict_proba((clean * 255).round().to(torch.uint8))
+            return c
+
+        return judge
+
+    def prior_kept_embeddings(self, context: RemedyContext, round_index: int, wave: int) -> torch.Tensor | None:
+        """CLIP embeddings of images kept before this rank's next item (the near-duplicate filter's memory)."""
+        if not any(getattr(f, "name", "") == "near_duplicate" for f in self.filters):
+            return None
+        kept = [r for r in read_manifest(self.output_dir) if r["kept"] and (
+            r["round"] < round_index or (r["round"] == round_index and (
+                r.get("wave", 0) < wave or (r.get("wave", 0) == wave and r["rank"] == context.rank))))]
+        if not kept:
+            return None
+        return context.clip.encode_images(torch.stack([load_image(r["path"]) for r in kept]).float() / 255.0)
+
+    # planning --------------------------------------------------------------------------------
+    def prompt_fn(self, context: RemedyContext, round_index: int, wave: int):
+        """The composer's prompts for a mode (seeded by round and wave), or None for the bare captions."""
+        if self.prompts is None:
+            return None
+
+        def compose(mode, count):
+            members = None
+            if context.val_embeddings is not None and mode.members:
+                members = context.val_embeddings[torch.as_tensor(mode.members)]
+            return self.prompts(mode, count, seed=self.seed * 1009 + round_index * 101 + wave,
+                                member_embeddings=members,
+                                encode_texts=getattr(context.clip, "encode_texts", None))
+
+        return compose
+
+    def plan_wave(self, rnd, modes, wave: int, count: int, context: RemedyContext) -> list[PlanItem]:
+        """Prompts and seeds of one wave for the (verified) modes (disjoint ids and seeds across waves)."""
+        round_dir = self.output_dir / f"round_{rnd.index}"
+        items = plan_round(modes, count, rnd.index, self.seed + 7919 * wave, str(round_dir / "images"),
+                           self.prompts_per_mode, self.prompt_template, self.untargeted, self.untargeted_template,
+                           self.caption_weighting, self.prompt_fn(context, rnd.index, wave))
+        if wave == 0:
+            return items
+        return [replace(i, id=f"{i.id}-w{wave}", path=str(Path(i.path).with_name(f"{i.id}-w{wave}.png")), wave=wave)
+                for i in items]
+
+    def next_wave_size(self, records: list[dict]) -> int:
+        """How many images the next wave makes (0: the round is done)."""
+        if self.target_kept is None:
+            return 0
+        kept, made = sum(r["kept"] for r in records), len(records)
+        room = self.max_generated - made
+        if kept >= self.target_kept or room <= 0:
+            return 0
+        rate = max(kept / max(made, 1), 0.05)
+        return min(room, max(self.batch_size, math.ceil((self.target_kept - kept) / rate * 1.2)))
+
+    def verified(self, rnd, context: RemedyContext) -> tuple[list, list[dict]]:
+        """The modes worth spending on (all, without a verifier) and each caption's probe error (rank 0 only;
+        probes are generated once per round, kept in probes.json, never injected)."""
+        if self.verify is None or self.untargeted:
+            return rnd.modes, []
+        from ..generation.probes import ProbeReport
+
+        path = self.output_dir / f"round_{rnd.index}" / "probes.json"
+        if path.is_file():
+            report = ProbeReport.from_dict(json.loads(path.read_text()))
+        else:
+            report = self.verify(rnd.modes, self.generator, context.predict_proba, round_index=rnd.index)
+            report.save(path)
+        return report.verified_modes(rnd.modes), report.to_dict()["captions"]
+
+    def backend(self, context: RemedyContext, labels: dict[int, int]):
+        """What makes an item's image from its (prompt, seed): the text-to-image generator."""
+        return self.generator
+
+    @staticmethod
+    def _plan_file(round_dir: Path, wave: int) -> Path:
+        return round_dir / ("plan.json" if wave == 0 else f"plan-wave{wave}.json")
+
+    # the round -------------------------------------------------------------------------------
+    def __call__(self, rnd, context: RemedyContext) -> RemedyResult:
+        """Generate the round's waves (this rank's shard of each), agree on success, return the kept records."""
+        round_dir = self.output_dir / f"round_{rnd.index}"
+        labels: dict[int, int] = {}  # seed -> class of the item (editing picks a real image of that class)
+        runner = RoundRunner(self.backend(context, labels), self.filters, self.judge(context), self.batch_size,
+                             self.max_failure_fraction, context.progress and context.is_main)
+        total, order, wave = RoundStats(), {}, 0
+        modes, probes = self.verified(rnd, context) if context.is_main else (None, [])
+        while wave < self.max_waves:
+            plan_file = self._plan_file(round_dir, wave)
+            if context.is_main and load_plan(plan_file) is None and modes:  # a resumed round keeps its plans
+                records = [r for r in read_manifest(self.output_dir) if r["round"] == rnd.index]
+                count = self.images_per_round if wave == 0 else self.next_wave_size(records)
+                if count > 0:
+                    save_plan(plan_file, self.plan_wave(rnd, modes, wave, count, context), rnd.modes)
+            context.barrier("blindspot-plan")
+            plan = load_plan(plan_file)
+            if plan is None:
+                break
+            items, modes = plan
+            if wave == 0:
+                rnd.modes = modes  # a resumed round keeps its planned modes
+            order.update({it.id: (wave, k) for k, it in enumerate(items)})
+            labels.update({it.seed: it.label for it in items})
+            if context.is_main:
+                (round_dir / "images").mkdir(parents=True, exist_ok=True)
+            self._run_wave(rnd.index, wave, items, runner, context, total)
+            wave += 1
+        if context.is_main:
+            remove_strays(round_dir / "images", {self._item_path(round_dir, i) for i in order})
+        result = self._result(rnd, context, total, order)
+        result.stats["probes"] = context.broadcast(probes)
+        result.stats["modes_verified"] = context.broadcast(len(modes) if modes is not None else 0)
+        return result
+
+    @staticmethod
+    def _item_path(round_dir: Path, item_id: str) -> str:
+        return str(round_dir / "images" / f"{item_id}.png")
+
+    def _run_wave(self, round_index: int, wave: int, items: list[PlanItem], runner: RoundRunner,
+                  context: RemedyContext, total: RoundStats) -> None:
+        mine = items[context.rank :: context.world_size]
+        error, stats = None, RoundStats()
+        try:
+            stats = runner.run(mine, round_index, manifest_path(self.output_dir, context.rank), self.output_dir,
+                               pool_emb=self.prior_kept_embeddings(context, round_index, wave), rank=context.rank,
+                               should_stop=context.should_stop)
+        except Exception as err:  # agree across ranks before anyone waits at a barrier
+            error = err
+        if context.any_rank(error is not None):
+            if isinstance(error, InterruptedError):
+                raise error
+            raise GenerationFailedError(f"generation failed on at least one rank in round {round_index}: "
+                                        f"{error or 'see the other rank log'}") from error
+        for s in context.gather(asdict(stats)):
+            for k in ("generated", "reused", "skipped_done", "kept"):
+                setattr(total, k, getattr(total, k) + s[k])
+            total.failed_prompts += s["failed_prompts"]
+            total.seconds_generate += s["seconds_generate"] / context.world_size  # mean over ranks
+            total.seconds_filter += s["seconds_filter"] / context.world_size
+
+    def _result(self, rnd, context: RemedyContext, total: RoundStats, order: dict) -> RemedyResult:
+        records = [r for r in read_manifest(self.output_dir) if r["round"] == rnd.index and r["id"] in order]
+        records.sort(key=lambda r: order[r["id"]])
+        kept = [r for r in records if r["kept"]]
+        injected = kept[: self.target_kept] if self.target_kept else kept
+        rejected: dict[str, int] = {}
+        for r in records:  # counts come from the manifest: right even when the round was resumed
+            if not r["kept"]:
+                rejected[r["rejected_by"]] = rejected.get(r["rejected_by"], 0) + 1
+        stats = {"planned": len(order), "generated": len(records), "kept": len(kept), "injected": len(injected),
+                 "rejected_by": rejected, "failed_prompts": total.failed_prompts, "made_now": total.generated,
+                 "reused": total.reused, "waves": 1 + max((w for w, _ in order.values()), default=0)}
+        if self.target_kept and len(kept) < self.target_kept:
+            log.warning("round %d kept %d images, short of remedy.target_kept=%d after %d generated "
+                        "(remedy.max_generated=%d)", rnd.index, len(kept), self.target_kept, len(records),
+                        self.max_generated)
+        return RemedyResult(records=injected, stats=stats,
+                            seconds={"generate": total.seconds_generate, "filter": total.seconds_filter})

@@ -1,0 +1,121 @@
+"""The failure loop and its remedy contract, Lightning-free: schedule, rounds and status, state round trip,
+the kept-image budget (generation waves until `target_kept`), and the remedies' early checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from blindspot.generation.backends import GenerationOutput
+from blindspot.generation.manifest import read_manifest
+from blindspot.loop import FailureLoop, Round
+from blindspot.modes import FailureMode
+from blindspot.remedies import RemedyContext, RemedyResult
+from blindspot.remedies.text2image import Text2ImageRemedy
+
+
+class NoiseBackend:
+    """Seeded noise images: a real pure function of (prompt, seed)."""
+
+    def generate(self, prompts, seeds):
+        images = torch.stack([torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        return GenerationOutput(images, list(prompts), list(seeds))
+
+
+class KeepEveryThird:
+    """A filter keeping one image in three (by mean brightness rank within the batch, deterministic)."""
+
+    name, needs = "every_third", frozenset()
+
+    def __call__(self, candidates, pool_emb=None):
+        means = candidates.images.flatten(1).mean(1)
+        return [(int(m * 1000) % 3) == 0 for m in means.tolist()], {}
+
+
+def mode(i=0, cls="star"):
+    return FailureMode(i, cls, [0, 1, 2], 0.8, 0.2, 0.5, mode_id=f"{cls}-0", captions=[(f"a {cls} on grass", 0.5)])
+
+
+def context(**kw):
+    return RemedyContext(**{"clip": None, "class_names": ["star", "cross"], "predict_proba": None, "embed": None,
+                            **kw})
+
+
+def test_the_loop_decides_when_rounds_run_and_tracks_status():
+    loop = FailureLoop(discovery=lambda *a: [], captioner=lambda *a: None, clip=None, start_epoch=2,
+                       every_n_epochs=2, max_rounds=2)
+    assert [e for e in range(8) if loop.is_due(e)] == [1, 3, 5, 7]  # 1-based epochs 2, 4, 6, 8 (none run yet)
+    preds, labels = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])
+    rnd = loop.add_round(1, [mode()], {"discover": 0.1}, preds, labels)
+    assert rnd.modes[0].mode_id == "r0-star-0" and rnd.status == "discovered"
+    assert loop.unfinished() == [rnd] and not loop.is_due(1)
+    result = loop.remedy_round(rnd, context())
+    assert isinstance(result, RemedyResult) and rnd.status == "remedied" and not loop.unfinished()
+    loop.track(2, torch.tensor([0, 1, 1, 1]), labels)
+    assert [p["epoch"] for p in loop.mode_accuracy["r0-star-0"]] == [1, 2]
+    state = json.loads(json.dumps(loop.state_dict()))  # checkpoints carry it as plain JSON
+    other = FailureLoop(discovery=None, captioner=None, clip=None)
+    other.load_state_dict(state)
+    assert [r.to_dict() for r in other.rounds] == [r.to_dict() for r in loop.rounds]
+    assert other.mode_accuracy == loop.mode_accuracy
+
+
+def test_bad_loop_settings_name_the_keys():
+    with pytest.raises(ValueError, match="loop.every_n_epochs"):
+        FailureLoop(None, None, None, every_n_epochs=0)
+    with pytest.raises(ValueError, match="remedy.target_kept"):
+        Text2ImageRemedy(NoiseBackend(), target_kept=0)
+    with pytest.raises(ValueError, match="remedy.caption_weighting"):
+        Text2ImageRemedy(NoiseBackend(), caption_weighting="loud")
+
+
+def test_target_kept_generates_waves_until_it_keeps_enough_and_injects_exactly_that(tmp_path):
+    remedy = Text2ImageRemedy(NoiseBackend(), {"every_third": KeepEveryThird()}, output_dir=str(tmp_path),
+                              images_per_round=12, target_kept=10, max_generated=200, batch_size=8)
+    rnd = Round(0, 0, [mode(0, "star"), mode(1, "cross")])
+    result = remedy(rnd, context(progress=False))
+    records = [r for r in read_manifest(tmp_path) if r["round"] == 0]
+    assert result.stats["waves"] > 1 and result.stats["generated"] == len(records) <= 200
+    assert result.stats["kept"] == sum(r["kept"] for r in records) >= 10
+    assert len(result.records) == result.stats["injected"] == 10 and all(r["kept"] for r in result.records)
+    assert len({r["id"] for r in records}) == len(records) and len({r["seed"] for r in records}) == len(records)
+    again = remedy(Round(0, 0, [mode(0, "star"), mode(1, "cross")]), context(progress=False))  # a resumed round
+    assert [r["id"] for r in again.records] == [r["id"] for r in result.records] and again.stats["made_now"] == 0
+
+
+def test_without_target_kept_one_wave_is_made_and_everything_kept_is_injected(tmp_path):
+    remedy = Text2ImageRemedy(NoiseBackend(), {"every_third": KeepEveryThird()}, output_dir=str(tmp_path),
+                              images_per_round=12, batch_size=8)
+    result = remedy(Round(0, 0, [mode()]), context(progress=False))
+    assert result.stats["waves"] == 1 and result.stats["generated"] == 12
+    assert len(result.records) == result.stats["kept"] == result.stats["injected"]
+
+
+def test_probes_decide_which_modes_get_budget_and_composed_prompts_vary_the_context(tmp_path):
+    from blindspot.captioning import world_vocabulary
+    from blindspot.generation.probes import ProbeVerifier
+    from blindspot.generation.prompts import PromptComposer
+
+    vocabulary = world_vocabulary(["grass", "water", "sand"], ["red", "blue"], ["small", "large"])
+    star = FailureMode(0, "star", [0, 1], 0.9, 0.2, 0.6, mode_id="r0-star-0", captions=[("a photo of a star on grass", 0.6)])
+    cross = FailureMode(1, "cross", [2, 3], 0.9, 0.2, 0.5, mode_id="r0-cross-0",
+                        captions=[("a photo of a red cross", 0.5)])
+
+    def predict_proba(images):  # the classifier fails on every star and gets every cross right
+        return torch.tensor([[0.0, 1.0]]).repeat(len(images), 1)
+
+    remedy = Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path), images_per_round=12, batch_size=6,
+                              prompts=PromptComposer(vocabulary, strategy="vocabulary", prompts_per_mode=1),
+                              verify=ProbeVerifier(n_per_caption=4, captions_per_mode=1, min_error=0.1))
+    result = remedy(Round(0, 0, [star, cross]), context(predict_proba=predict_proba, progress=False))
+    probes = {p["mode_id"]: p for p in result.stats["probes"]}
+    assert probes["r0-star-0"]["error"] == 1.0 and probes["r0-star-0"]["kept"]
+    assert probes["r0-cross-0"]["error"] == 0.0 and not probes["r0-cross-0"]["kept"]
+    records = read_manifest(tmp_path)
+    assert len(records) == 12 and {r["mode_id"] for r in records} == {"r0-star-0"}  # the budget follows the error
+    prompts = {r["prompt"] for r in records}
+    assert len(prompts) > 3 and all("star" in p and "grass" in p for p in prompts)  # grass kept, context varied
+    assert (tmp_path / "round_0" / "probes.json").is_file() and not any("probe" in Path(r["path"]).name for r in records)
