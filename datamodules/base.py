@@ -10,6 +10,8 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
+from blindspot.images import DEFAULT_INTERPOLATION, check_interpolation, resize_images
+
 from .datasets import FileImageDataset
 
 log = logging.getLogger(__name__)
@@ -33,16 +35,25 @@ class BlindspotDataModule(LightningDataModule):
 
     Subclasses set `train_set`, `val_set`, `test_set` in `setup` and define `class_names` and `group_names`.
     `add_samples` appends to the pool; the pool (and any per-sample weights) travel in `state_dict`, so a
-    resumed run trains on exactly what was injected.
+    resumed run trains on exactly what was injected. Image files are squashed to `image_size` with the
+    `interpolation` filter; either left null follows the classifier the trainer holds (its timm pretrained
+    config, see `ImageClassifier.preprocessing`), which normalises its input itself.
     """
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, image_size: int = 32,
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, image_size: int | None = 32,
                  synthetic_repeat: int = 1, synthetic_weight: float = 1.0, hflip: bool = True,
-                 pin_memory: bool = False, shuffle_seed: int = 0):
+                 pin_memory: bool = False, shuffle_seed: int = 0, interpolation: str | None = None):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size}: must be >= 1")
-        self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
+        if image_size is not None and int(image_size) < 1:
+            raise ValueError(f"data.image_size={image_size}: must be a positive number of pixels (or null)")
+        if interpolation is not None:
+            check_interpolation(interpolation)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._configured_sizing = (None if image_size is None else int(image_size), interpolation)
+        self._model_sizing: tuple[int | None, str | None] = (None, None)
+        self.image_size, self.interpolation = self._configured_sizing  # final values: see resolve_preprocessing
         self.synthetic_repeat, self.synthetic_weight = synthetic_repeat, synthetic_weight
         self.hflip, self.pin_memory, self.shuffle_seed = hflip, pin_memory, shuffle_seed
         self.train_set: Dataset | None = None
@@ -66,6 +77,38 @@ class BlindspotDataModule(LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    # how images are sized ---------------------------------------------------------------------------
+    def use_preprocessing(self, image_size: int | None, interpolation: str | None) -> None:
+        """Take a classifier's preferred side and resize filter for data.image_size / data.interpolation left null."""
+        self._model_sizing = (None if image_size is None else int(image_size),
+                              None if interpolation is None else check_interpolation(interpolation))
+        self.resolve_preprocessing()
+
+    def resolve_preprocessing(self) -> None:
+        """Set `image_size` / `interpolation`: as configured, else the classifier's (timm's pretrained config), else
+        the defaults; the classifier is the one given to `use_preprocessing` or held by the trainer."""
+        size, interpolation = self._model_sizing
+        model = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        prep = getattr(model, "preprocessing", None)
+        if prep is not None and size is None and interpolation is None:
+            size, interpolation = prep.image_size, prep.interpolation
+        before = (self.image_size, self.interpolation)
+        self.image_size = self._configured_sizing[0] or size
+        self.interpolation = self._configured_sizing[1] or interpolation or DEFAULT_INTERPOLATION
+        if (self.image_size, self.interpolation) != before and None not in (size, interpolation) and (
+                self._configured_sizing[0] is None or self._configured_sizing[1] is None):
+            log.info("data: image files resized to %s px with %s, as the classifier asks (data.image_size=%s, "
+                     "data.interpolation=%s as configured)", self.image_size, self.interpolation,
+                     self._configured_sizing[0], self._configured_sizing[1])
+        if self.image_size is None:
+            raise ValueError("data.image_size=null takes the side from the classifier, and there is none here: set "
+                             "data.image_size=<pixels> (or call datamodule.use_preprocessing(size, interpolation))")
+
+    def resize_like_loader(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images of any size exactly as the loaders make them from files (side and filter)."""
+        self.resolve_preprocessing()
+        return resize_images(images, self.image_size, self.interpolation)
 
     # the synthetic pool --------------------------------------------------------------------------
     def add_samples(self, records: Sequence[dict]) -> int:
@@ -113,8 +156,10 @@ class BlindspotDataModule(LightningDataModule):
         """The pool as a dataset (indices after the real train set), or None when empty."""
         if not self.synthetic:
             return None
+        self.resolve_preprocessing()
         ds = FileImageDataset([r["path"] for r in self.synthetic], [int(r["label"]) for r in self.synthetic],
-                              image_size=self.image_size, hflip=self.hflip, index_offset=len(self.train_set))
+                              image_size=self.image_size, hflip=self.hflip, index_offset=len(self.train_set),
+                              interpolation=self.interpolation)
         ds.weights.fill_(self.synthetic_weight)
         if self.loss_groups is not None:  # injected samples join no loss group (plain ERM term)
             ds.loss_groups = torch.full((len(ds),), -1, dtype=torch.long)
@@ -151,6 +196,14 @@ class BlindspotDataModule(LightningDataModule):
     def val_fingerprint(self) -> str:
         """Identifies the validation images (for embedding caches)."""
         return _fingerprint(self.val_set)
+
+    def test_fingerprint(self) -> str:
+        """Identifies the test images (for embedding caches)."""
+        return _fingerprint(self.test_set)
+
+    def test_images(self, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """uint8 test images (all, or the given indices) without augmentation."""
+        return _images(self.test_set, indices)
 
     def val_images(self, indices: Sequence[int] | None = None) -> torch.Tensor:
         """uint8 validation images (all, or the given indices) without augmentation."""
@@ -189,10 +242,12 @@ class BlindspotDataModule(LightningDataModule):
 
 
 def _fingerprint(ds: Dataset) -> str:
-    """A short hash of a dataset's file paths (or its type and length when in memory)."""
+    """A short hash of a dataset's file paths and how they are resized (or its type and length when in memory)."""
     import hashlib
 
     key = "|".join(getattr(ds, "paths", [])) or f"{type(ds).__name__}:{len(ds)}"
+    if getattr(ds, "paths", None):  # files are loaded resized: another side or filter gives other images
+        key += f"|{getattr(ds, 'image_size', '')}|{getattr(ds, 'interpolation', '')}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

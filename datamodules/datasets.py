@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from blindspot.images import load_image
+from blindspot.images import DEFAULT_INTERPOLATION, load_image
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,11 @@ class TensorImageDataset(Dataset):
 
 
 class FileImageDataset(Dataset):
-    """Images read from files on access, resized to a square side; unreadable files raise or are skipped."""
+    """Images read from files on access (as RGB), squashed to a square side; unreadable files raise."""
 
     def __init__(self, paths: Sequence[str | Path], labels: Sequence[int], groups: Sequence[int] | None = None,
-                 image_size: int = 224, hflip: bool = False, index_offset: int = 0):
+                 image_size: int = 224, hflip: bool = False, index_offset: int = 0,
+                 interpolation: str = DEFAULT_INTERPOLATION):
         self.paths = [str(p) for p in paths]
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.groups = torch.as_tensor(list(groups), dtype=torch.long) if groups is not None else torch.full_like(
@@ -60,12 +61,13 @@ class FileImageDataset(Dataset):
         self.weights = torch.ones(len(self.labels))
         self.loss_groups: torch.Tensor | None = None
         self.image_size, self.hflip, self.index_offset, self.flip_seed = image_size, hflip, index_offset, 0
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        image = load_image(self.paths[i], self.image_size)
+        image = load_image(self.paths[i], self.image_size, self.interpolation)
         if self.hflip and flip_for(self.index_offset + i, self.flip_seed):
             image = image.flip(-1)
         return _item(image, int(self.labels[i]), int(self.groups[i]), self.index_offset + i, float(self.weights[i]),
@@ -73,4 +75,4 @@ class FileImageDataset(Dataset):
 
     def images(self, indices: Sequence[int]) -> torch.Tensor:
         """uint8 [k, 3, s, s] of some items (no augmentation)."""
-        return torch.stack([load_image(self.paths[i], self.image_size) for i in indices])
+        return torch.stack([load_image(self.paths[i], self.image_size, self.interpolation) for i in indices])

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -51,6 +52,11 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: in
     return parts.tolist()
 
 
+def id_like_names(names: Sequence[str]) -> list[str]:
+    """Class names that are ids rather than words ("0", "12", WordNet's "n01440764"): CLIP cannot read them."""
+    return [n for n in names if re.fullmatch(r"-?\d+(\.\d+)?|n\d{8}", str(n).strip())]
+
+
 def _fingerprint(paths: Sequence[str]) -> str:
     """Changes when any file is added, removed, resized or touched."""
     h = hashlib.sha1()
@@ -85,7 +91,7 @@ class FileDataModule(BlindspotDataModule):
 
     source = "files"  # names the datamodule in messages
 
-    def __init__(self, root: str | None, image_size: int = 224, val_fraction: float = 0.1,
+    def __init__(self, root: str | None, image_size: int | None = 224, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, seed: int = 0, verify_images: bool = True,
                  on_bad_image: str = "error", verify_cache_dir: str | None = None, **loader_kwargs):
         super().__init__(image_size=image_size, **loader_kwargs)
@@ -170,11 +176,12 @@ class FileDataModule(BlindspotDataModule):
 
     def _dataset(self, samples: list[Sample], hflip: bool) -> FileImageDataset:
         return FileImageDataset([s.path for s in samples], [s.label for s in samples], [s.group for s in samples],
-                                image_size=self.image_size, hflip=hflip)
+                                image_size=self.image_size, hflip=hflip, interpolation=self.interpolation)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.resolve_preprocessing()
         index = self._screen(self.index())
         empty = [s for s in SPLITS if not index.get(s)]
         if empty:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .files import IMAGE_EXTENSIONS, SPLITS, FileDataModule, Sample
+from .files import IMAGE_EXTENSIONS, SPLITS, FileDataModule, Sample, id_like_names
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,13 @@ class ImageFolderDataModule(FileDataModule):
             if unknown:
                 raise ValueError(f"{self.source}: classes {unknown} in {root / self.split_dirs[split]} have no "
                                  f"training folder in {train_dir}; add them there or remove them")
+        ids = id_like_names(classes)
+        if ids:
+            log.warning("%s: the class names come from the folder names %s, and %s are ids, not words. Those names go "
+                        "into CLIP prompts and captions ('a photo of a %s') and the zero-shot class filter, which "
+                        "cannot read them: rename the class folders under %s to what they show (e.g. %s/cat/)",
+                        self.source, classes[:10] + (["..."] if len(classes) > 10 else []), ids[:5], ids[0],
+                        train_dir if split_folders else root, train_dir if split_folders else root)
         label = {c: i for i, c in enumerate(classes)}
         index = {split: [Sample(p, label[c]) for c, files in found.items() for p in files]
                  for split, found in per_split.items()}

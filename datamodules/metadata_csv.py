@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .files import SPLITS, FileDataModule, Sample
+from .files import SPLITS, FileDataModule, Sample, id_like_names
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,28 @@ class MetadataCSVDataModule(FileDataModule):
         found = _sorted_values(set(values))
         names = self.given_class_names
         if names is None:
+            ids = id_like_names(found)
+            if ids:
+                example = ", ".join(f"name_of_{v}" for v in found[:4]) + (", ..." if len(found) > 4 else "")
+                log.warning("%s: data.class_names is null, so the classes are named by their raw labels %s in column "
+                            "%r. Those names go into CLIP prompts and captions ('a photo of a %s') and the zero-shot "
+                            "class filter, which cannot read them: set data.class_names=[%s] (one word or phrase per "
+                            "label, in label order)", self.source, found, self.label_column, ids[0], example)
             return {v: i for i, v in enumerate(found)}, found
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.source}: data.class_names={names} names a class twice; give each label its own "
+                             "name")
         if all(v.lstrip("-").isdigit() and 0 <= int(v) < len(names) for v in found):
             return {v: int(v) for v in found}, names
         if set(found) <= set(names):
             return {v: names.index(v) for v in found}, names
+        numeric = all(v.lstrip("-").isdigit() for v in found)
+        unknown = [v for v in found if v not in names] if not numeric else [v for v in found if not 0 <= int(v) <
+                                                                          len(names)]
         raise ValueError(f"{self.source}: label column {self.label_column!r} has values {found} that do not fit "
-                         f"data.class_names={names}: give one name per label 0..n-1, or list the label values "
-                         "themselves (or set data.class_names=null to use the values as names)")
+                         f"data.class_names={names} ({len(names)} names; no class for {unknown}): give one name per "
+                         "label 0..n-1, or list the label values themselves (or set data.class_names=null to use "
+                         "the values as names)")
 
     def _build_index(self) -> tuple[dict[str, list[Sample]], list[str]]:
         root, rows = self._read_rows()

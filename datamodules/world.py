@@ -61,6 +61,7 @@ class WorldDataModule(BlindspotDataModule):
             build_split(self.spec, self.planted, name, self.sizes, self.seed, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
+        self.resolve_preprocessing()
         if self.train_set is None:
             train, val, test = (self.split(s) for s in ("train", "val", "test"))
             self.train_set = TensorImageDataset(train.images, train.labels, train.groups, hflip=self.hflip)
@@ -75,6 +76,9 @@ class WorldDataModule(BlindspotDataModule):
 
     def train_fingerprint(self) -> str:
         return self.split("train").fingerprint
+
+    def test_fingerprint(self) -> str:
+        return self.split("test").fingerprint
 
     def pool_split(self) -> WorldSplit:
         """The unlabelled-style pool (uniform over attributes, with class labels) that retrieval draws from."""
