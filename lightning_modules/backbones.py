@@ -18,7 +18,7 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = False, pretr
     import timm
 
     kwargs = dict(kwargs or {})
-    if not timm.is_model(name):
+    if not name.startswith("hf-hub:") and not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
         raise ValueError(f"unknown timm model {name!r} (model.backbone); did you mean {close}? "
                          "`timm.list_models('*resnet*')` lists the names")
@@ -30,9 +30,7 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = False, pretr
                                  pretrained_cfg_overlay={"file": pretrained_path}, **kwargs)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # only the local cache: there is no network here
-    try:
+    try:  # the caller holds the hub offline: only the local cache (there is no network here)
         return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
     except Exception as err:  # timm/hub raise several kinds for "not cached"
         raise BackboneWeightsError(
@@ -40,11 +38,6 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = False, pretr
             f"Download them elsewhere (`timm.create_model('{name}', pretrained=True)` fills "
             "~/.cache/huggingface) and copy the cache here, or set model.pretrained_path=/path/to/weights, "
             f"or train from scratch with model.pretrained=false. ({type(err).__name__}: {err})") from err
-    finally:
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
 
 
 def small_image_stem(model: torch.nn.Module, stride: int) -> torch.nn.Module:

@@ -409,7 +409,7 @@ def _check_name(backbone: str) -> None:
     """The unknown-name error of `create_backbone`, before any weights file is read."""
     import timm
 
-    if not timm.is_model(backbone):
+    if not backbone.startswith("hf-hub:") and not timm.is_model(backbone):
         create_backbone(backbone, 1)  # raises the error that lists close names
 
 
