@@ -1,7 +1,8 @@
 """Put failure modes into words: rank candidate captions by how well CLIP text aligns with the failure.
 
-Candidates are templates x attribute values from a vocabulary (the world brings its own; real use reads a
-YAML or text file; an optional proposer callable can add more, e.g. from an LLM). A candidate's score is
+Candidates are templates x attribute values from a vocabulary (the world brings its own; other data gets the
+shipped general one, blindspot/vocabularies/general.yaml; a user's YAML or text file replaces or extends it; an
+optional proposer callable adds more per mode, e.g. `blindspot.proposers.LLMProposer`). A candidate's score is
 the cosine between (text(candidate) - text(bare class)) and the mode's failure direction (Jain et al. 2022),
 or, without a direction, the slice's mean image embedding minus the class's (Chegini & Feizi 2023 style).
 """
@@ -9,6 +10,7 @@ or, without a direction, the slice's mean image embedding minus the class's (Che
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,51 +25,159 @@ log = logging.getLogger(__name__)
 Proposer = Callable[[str, FailureMode], Sequence[str]]
 
 
+GENERAL_VOCABULARY = Path(__file__).parent / "vocabularies" / "general.yaml"
+
+
+def _norm(phrase: str) -> str:
+    """The form phrases are compared in for duplicates: lower case, single spaces."""
+    return " ".join(phrase.lower().split())
+
+
 @dataclass
 class Vocabulary:
-    """Attribute phrases and caption templates; `{cls}` and `{attr}` are filled in each template."""
+    """Attribute phrases and caption templates; `{cls}` and `{attr}` are filled in each template.
+
+    A phrase that itself contains `{cls}` is a whole caption ("a sketch of a {cls}") and ignores the templates.
+    Phrases are deduplicated (case and spacing ignored; the first kept) and `duplicates_dropped` counts the rest."""
 
     attributes: dict[str, list[str]]  # attribute name -> phrases, e.g. background -> ["on water", ...]
     templates: list[str] = field(default_factory=lambda: ["a photo of a {cls} {attr}"])
     reference_templates: list[str] = field(default_factory=lambda: ["a photo of a {cls}"])
     prefix_attributes: tuple[str, ...] = ()  # attributes said before the class ("a red star"), not after
+    duplicates_dropped: int = 0  # phrases left out because they were already there
 
     def __post_init__(self):
-        if not self.attributes or not any(self.attributes.values()):
+        seen: set[str] = set()
+        clean: dict[str, list[str]] = {}
+        for name, values in self.attributes.items():
+            kept = []
+            for v in values:
+                v = " ".join(str(v).split())
+                if not v:
+                    continue  # empty phrases are skipped
+                if _norm(v) in seen:
+                    self.duplicates_dropped += 1
+                    continue
+                seen.add(_norm(v))
+                kept.append(v)
+            if kept:
+                clean[name] = kept
+        self.attributes = clean
+        if not clean:
             raise ValueError("the captioning vocabulary is empty: give at least one attribute with phrases "
                              "(the file at vocabulary.path, or the vocabulary config group)")
+        if not self.templates or not self.reference_templates:
+            raise ValueError("the captioning vocabulary needs at least one template and one reference template")
         for t in self.templates:
             if "{cls}" not in t or "{attr}" not in t:
                 raise ValueError(f"caption template {t!r} needs both {{cls}} and {{attr}}")
+        for t in self.reference_templates:
+            if "{cls}" not in t:
+                raise ValueError(f"reference template {t!r} needs {{cls}}")
+        self.prefix_attributes = tuple(self.prefix_attributes)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.attributes.values())
 
     def phrase(self, cls: str, attribute: str, value: str, template: str) -> str:
         """One candidate caption for a class and an attribute phrase."""
+        if "{cls}" in value:
+            return _articles(value.replace("{cls}", cls))
         if attribute in self.prefix_attributes:
-            return template.replace("{cls} {attr}", "{attr} {cls}").format(cls=cls, attr=value).replace(" a o", " an o")
-        return template.format(cls=cls, attr=value)
+            return _articles(template.replace("{cls} {attr}", "{attr} {cls}").format(cls=cls, attr=value))
+        return _articles(template.format(cls=cls, attr=value))
 
     def candidates(self, cls: str) -> list[tuple[str, str, str]]:
         """(attribute, value, caption) for every attribute value, captioned with the first template."""
         return [(a, v, self.phrase(cls, a, v, self.templates[0])) for a, vals in self.attributes.items() for v in vals]
 
 
-def load_vocabulary(path: str | Path) -> Vocabulary:
-    """A vocabulary from YAML (attributes/templates keys) or a text file (one attribute phrase per line)."""
+def _articles(text: str) -> str:
+    """'a' before a vowel sound becomes 'an' ("a orange star" -> "an orange star"); 'u' words are left alone."""
+    return re.sub(r"\b([Aa]) (?=[aeioAEIO])", r"\1n ", text)
+
+
+def merge_vocabularies(*vocabularies: Vocabulary) -> Vocabulary:
+    """One vocabulary holding all phrases (first one's templates; same attribute names share a list; duplicates
+    dropped and counted)."""
+    first = vocabularies[0]
+    attributes: dict[str, list[str]] = {}
+    prefix: list[str] = []
+    for v in vocabularies:
+        for name, values in v.attributes.items():
+            attributes.setdefault(name, []).extend(values)
+        prefix += [p for p in v.prefix_attributes if p not in prefix]
+    merged = Vocabulary(attributes, list(first.templates), list(first.reference_templates), tuple(prefix))
+    merged.duplicates_dropped += sum(v.duplicates_dropped for v in vocabularies)
+    return merged
+
+
+def _read_text(path: Path, key: str) -> str:
+    """A file's text as UTF-8; a bad byte gives an error naming the file, its offset and line, and the key."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"vocabulary file {path} is not UTF-8: byte 0x{data[err.start]:02x} at offset {err.start} "
+                         f"(line {line}) cannot be decoded. Save the file as UTF-8, or point {key} at another "
+                         "file") from None
+
+
+def load_vocabulary(path: str | Path, key: str = "vocabulary.path") -> Vocabulary:
+    """A vocabulary from YAML (attributes/templates keys) or a text file (one attribute phrase per line).
+
+    Empty lines and `#` comments are skipped; duplicate phrases are dropped, counted and logged; a non-UTF-8
+    byte or no phrase at all is an error naming the file and `key` (the config key that set the path)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"vocabulary file {path} not found: set vocabulary.path (with vocabulary=file) to an "
+        raise FileNotFoundError(f"vocabulary file {path} not found: set {key} (with vocabulary=file) to an "
                                 "existing YAML (attributes: {name: [phrases]}, templates: [...]) or text file")
+    text = _read_text(path, key)
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data.get("attributes"), dict):
-            raise ValueError(f"{path}: needs an `attributes:` mapping of attribute name -> list of phrases")
-        kwargs = {k: data[k] for k in ("templates", "reference_templates") if k in data}
-        return Vocabulary({k: list(v) for k, v in data["attributes"].items()}, **kwargs,
-                          prefix_attributes=tuple(data.get("prefix_attributes", ())))
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    return Vocabulary({"context": lines})
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"vocabulary file {path} is not valid YAML ({err}); fix it or {key}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("attributes"), dict):
+            raise ValueError(f"{path}: needs an `attributes:` mapping of attribute name -> list of phrases ({key})")
+        attributes = {}
+        for name, values in data["attributes"].items():
+            values = [] if values is None else values
+            if not isinstance(values, list) or any(not isinstance(v, (str, type(None))) for v in values):
+                raise ValueError(f"{path}: attribute {name!r} must be a list of phrases (text; quote words YAML "
+                                 f"reads as numbers or booleans, e.g. 'on', 'yes') ({key})")
+            attributes[str(name)] = [v for v in values if v is not None]
+        kwargs = {k: list(data[k]) for k in ("templates", "reference_templates") if data.get(k)}
+        prefix = tuple(data.get("prefix_attributes") or ())
+    else:
+        attributes = {"context": [ln.strip() for ln in text.splitlines() if ln.strip() and not
+                                  ln.strip().startswith("#")]}
+        kwargs, prefix = {}, ()
+    try:
+        vocab = Vocabulary(attributes, **kwargs, prefix_attributes=prefix)
+    except ValueError as err:
+        raise ValueError(f"vocabulary file {path} ({key}): {err}") from None
+    if vocab.duplicates_dropped:
+        log.warning("vocabulary file %s: %d duplicate phrase(s) dropped (case and spacing ignored)", path,
+                    vocab.duplicates_dropped)
+    return vocab
+
+
+def general_vocabulary(path: str | Path | None = None, extra_path: str | Path | None = None) -> Vocabulary:
+    """The curated general vocabulary (blindspot/vocabularies/general.yaml, 500+ phrases), plus your own file."""
+    vocab = load_vocabulary(path or GENERAL_VOCABULARY, key="vocabulary.path")
+    if extra_path:
+        vocab = merge_vocabularies(vocab, load_vocabulary(extra_path, key="vocabulary.extra_path"))
+    return vocab
+
+
+def general_world_vocabulary(backgrounds: Sequence[str], colors: Sequence[str], sizes: Sequence[str],
+                             path: str | Path | None = None, extra_path: str | Path | None = None) -> Vocabulary:
+    """The world's words mixed into the general vocabulary (the world first; repeats dropped and counted)."""
+    return merge_vocabularies(world_vocabulary(backgrounds, colors, sizes), general_vocabulary(path, extra_path))
 
 
 def world_vocabulary(backgrounds: Sequence[str], colors: Sequence[str], sizes: Sequence[str]) -> Vocabulary:
@@ -75,8 +185,9 @@ def world_vocabulary(backgrounds: Sequence[str], colors: Sequence[str], sizes: S
     from .world.spec import BACKGROUND_PHRASES
 
     if not (backgrounds or colors or sizes):
-        raise ValueError("vocabulary=world needs the built-in world's data (data=world); for other data give your "
-                         "own words: vocabulary=file vocabulary.path=<yaml or text file>")
+        raise ValueError("vocabulary=world needs the built-in world's data (data=world); for other data use the "
+                         "shipped general words (vocabulary=general, optionally vocabulary.extra_path=<your file>) "
+                         "or only your own: vocabulary=file vocabulary.path=<yaml or text file>")
     return Vocabulary(
         attributes={"background": [BACKGROUND_PHRASES[b] for b in backgrounds], "color": list(colors),
                     "size": list(sizes)},
@@ -120,21 +231,49 @@ class Captioner:
         whole = embeddings[labels == mode.class_index].mean(0)
         return F.normalize(members - whole, dim=-1)
 
+    def _score(self, encode_texts, cls: str, items: list[tuple[str | None, str]], direction: torch.Tensor,
+               reference: torch.Tensor) -> list[tuple[str, float]]:
+        """(caption, cosine of its template-ensemble delta with the direction) for (attribute, phrase) items."""
+        v = self.vocabulary
+        texts = {(a, p): [v.phrase(cls, a or "", p, t) for t in v.templates] for a, p in items}
+        self._embed(encode_texts, [t for ts in texts.values() for t in ts])  # one batched call for all
+        out = []
+        for (a, p), ts in texts.items():
+            delta = F.normalize(self._embed(encode_texts, ts).mean(0), dim=-1) - reference
+            out.append((v.phrase(cls, a or "", p, v.templates[0]), float(F.cosine_similarity(delta, direction, dim=0))))
+        return out
+
     def rank(self, mode: FailureMode, encode_texts: Callable[[list[str]], torch.Tensor],
              embeddings: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> list[tuple[str, float]]:
-        """All candidate captions of a mode with scores, best first."""
+        """All candidate captions of a mode with scores, best first.
+
+        With a proposer, it is called after the vocabulary is ranked, with `mode.captions` holding the top-k of
+        that ranking; a proposed text naming the class is a caption as is, any other is an attribute phrase
+        worded with the vocabulary's templates. Proposals already among the candidates are counted in
+        `mode.extra["proposer"]["already_candidates"]`."""
         cls = mode.class_name
         direction = self.target(mode, embeddings, labels)
         reference = self._ensemble(encode_texts, cls, None, None)
-        scored = []
-        for attribute, value, text in self.vocabulary.candidates(cls):
-            delta = self._ensemble(encode_texts, cls, attribute, value) - reference
-            scored.append((text, float(F.cosine_similarity(delta, direction, dim=0))))
+        scored = self._score(encode_texts, cls, [(a, val) for a, vals in self.vocabulary.attributes.items()
+                                                 for val in vals], direction, reference)
+        scored.sort(key=lambda x: -x[1])
         if self.proposer is not None:
+            mode.captions = scored[: self.top_k]
+            known = {_norm(c) for c, _ in scored}
+            items, repeats = [], 0
             for text in self.proposer(cls, mode):
-                delta = F.normalize(self._embed(encode_texts, [text])[0], dim=-1) - reference
-                scored.append((text, float(F.cosine_similarity(delta, direction, dim=0))))
-        return sorted(scored, key=lambda x: -x[1])
+                named = rf"\b{re.escape(cls)}\b"
+                item = (None, re.sub(named, "{cls}", text, count=1, flags=re.I))  # names the class: a caption
+                caption = self.vocabulary.phrase(cls, "", item[1], self.vocabulary.templates[0])
+                if _norm(caption) in known:
+                    repeats += 1
+                    continue
+                known.add(_norm(caption))
+                items.append(item)
+            mode.extra.setdefault("proposer", {})["already_candidates"] = repeats
+            mode.extra["proposer"]["candidates_added"] = len(items)
+            scored = sorted(scored + self._score(encode_texts, cls, items, direction, reference), key=lambda x: -x[1])
+        return scored
 
     def __call__(self, modes: list[FailureMode], encode_texts: Callable[[list[str]], torch.Tensor],
                  embeddings: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> list[FailureMode]:
