@@ -42,7 +42,8 @@ class LastLayerRetraining(Callback):
             raise ValueError("dfr balances by ground-truth groups and this data has none: use +augment=dfr_discovered")
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch + 1 < (trainer.max_epochs or 0) or self.result:
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 == trainer.max_epochs
+        if trainer.sanity_checking or not last or self.result:  # runs without an epoch count: at on_train_end
             return
         self.retrain(trainer, pl_module)
         pl_module.log_dict({f"dfr/{k}": float(self.result[k]) for k in ("C", "per_group", "groups", "head_change")})
