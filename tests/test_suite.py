@@ -1,0 +1,226 @@
+"""The suite of planted worlds: the seeded world generator, the ceiling, the slice metrics, the runner's output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blindspot.world.dataset import Planted, _attribute_probs, group_names, planted_slices
+from blindspot.world.spec import WorldSpec
+from blindspot.world.suite import SuiteWorld, coverage, generate_worlds, natural_rate, split_sizes
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = WorldSpec()
+TEMPLATES = [{"blind_spots": ["color"], "shortcut": False}, {"blind_spots": ["size"], "shortcut": True},
+             {"blind_spots": ["background", "color"], "shortcut": True}]
+DEFAULT = {"seed": 0, "planted": [{"cls": "cross", "attribute": "background", "value": "grass", "rate": 0.35},
+                                  {"cls": "star", "attribute": "background", "value": "grass", "rate": 0.0}]}
+
+
+# ------------------------------------------------------------------------------------------------ generator
+
+def test_the_same_seed_gives_the_same_worlds_and_another_seed_others():
+    a = generate_worlds(TEMPLATES, n_worlds=6, seed=3, default_world=DEFAULT)
+    b = generate_worlds(TEMPLATES, n_worlds=6, seed=3, default_world=DEFAULT)
+    c = generate_worlds(TEMPLATES, n_worlds=6, seed=4, default_world=DEFAULT)
+    assert [w.overrides() for w in a] == [w.overrides() for w in b]
+    assert [w.overrides() for w in a[2:]] != [w.overrides() for w in c[2:]]
+    assert a[0].name == "default" and a[0].planted == tuple(Planted(**p) for p in DEFAULT["planted"])
+    assert [w.role for w in a[:2]] == ["default", "control"]
+
+
+def test_the_default_suite_covers_every_kind_the_issue_asks_for():
+    from benchmarks.suite import build_worlds, load_config
+
+    spec, worlds = build_worlds(load_config("default"))
+    cov = coverage(worlds, spec)
+    assert len(worlds) >= 12 and len({w.name for w in worlds}) == len(worlds)
+    assert cov["attributes"] == ["background", "color", "size"]
+    assert cov["n_blind_spots"] == [1, 2] and cov["shortcut"] == [False, True]
+    assert cov["controls"] >= 1 and all(0.0 <= r <= 0.05 for r in cov["rates"]) and 0.0 in cov["rates"]
+    assert worlds[0].role == "default" and worlds[0].seed == 0
+    for w in worlds:  # every blind spot is rare, every shortcut sits on the blind spot's confusable class
+        for s in w.slices(spec):
+            assert s["rate"] <= 0.05 and all(g in group_names(spec, list(w.planted)) for g in s["groups"])
+
+
+def test_two_attribute_worlds_keep_the_slice_sizes_of_one_attribute_worlds():
+    planted = [Planted("star", "background", "water", 0.0), Planted("heart", "color", "cyan", 0.01)]
+    val, test = split_sizes(SPEC, planted, 20, 50)
+    assert (val, test) == (4, 10)  # a background slice spans the 5 colours: 5 x 4 = 20 val, 5 x 10 = 50 test
+    slices = planted_slices(SPEC, planted)
+    assert min(len(s["groups"]) for s in slices) * val >= 20 and slices[0]["groups"][0] == "star|water|red"
+    assert split_sizes(SPEC, planted[:1], 20, 50) == (20, 50)
+
+
+def test_the_ceiling_samples_each_blind_spot_as_if_it_were_not_planted():
+    worlds = generate_worlds(TEMPLATES * 2, n_worlds=8, seed=0, default_world=DEFAULT)
+    for w in worlds:
+        ceiling = w.ceiling(SPEC)
+        assert not ceiling.slices(SPEC) or all(s["rate"] >= 0.1 for s in ceiling.slices(SPEC))
+        assert group_names(SPEC, list(ceiling.planted)) == group_names(SPEC, list(w.planted))  # same groups
+        removed = [p for p in w.planted if p not in w.blind_spots(SPEC)]
+        for attribute in ("background", "color", "size"):
+            filled = _attribute_probs(SPEC, list(ceiling.planted), attribute)
+            natural = _attribute_probs(SPEC, removed, attribute)
+            assert (filled - natural).abs().max() < 1e-5, (w.name, attribute)
+    # a shortcut on the same class and attribute leaves less for the blind spot than the uniform share
+    planted = (Planted("star", "background", "grass", 0.0), Planted("star", "background", "water", 0.4))
+    assert natural_rate(SPEC, planted, planted[0]) == pytest.approx(0.6 / 5)
+    # two blind spots of one class on one attribute are filled together: the class becomes uniform again
+    two = SuiteWorld("two", 1, (Planted("star", "background", "grass", 0.0),
+                                Planted("star", "background", "snow", 0.0)))
+    probs = _attribute_probs(SPEC, list(two.ceiling(SPEC).planted), "background")
+    assert probs[SPEC.classes.index("star")].tolist() == pytest.approx([1 / 6] * 6, abs=1e-5)
+
+
+def test_world_overrides_compose_into_the_train_config(compose_cfg):
+    w = generate_worlds(TEMPLATES, n_worlds=5, seed=0)[-1]  # a background + colour world with shortcuts
+    cfg = compose_cfg(w.overrides())
+    assert [Planted(**dict(p)) for p in cfg.data.planted] == list(w.planted)
+    assert (cfg.data.seed, cfg.data.val_per_group, cfg.data.test_per_group) == (w.seed, w.val_per_group,
+                                                                               w.test_per_group)
+
+
+def test_a_bad_template_names_the_config_key():
+    with pytest.raises(ValueError, match="worlds.templates"):
+        generate_worlds([{"blind_spots": ["mood"]}], n_worlds=1, controls=0)
+    with pytest.raises(ValueError, match="worlds.rates"):
+        generate_worlds(TEMPLATES, n_worlds=2, rates=[0.3])
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+def fake_report(per_group: dict, found: dict | None = None, avg: float = 0.9) -> dict:
+    """A report.json with test metrics (and a discovery score per planted group when `found` is given)."""
+    report = {"metrics": {"test": {"avg_acc": avg, "worst_group_acc": min(per_group.values()),
+                                   "per_group": per_group}}, "rounds": [{"kept": 10}], "wall_seconds": 60.0}
+    if found is not None:
+        report["discovery"] = {"planted": [{"group": g, "found": f, "caption_hit": f} for g, f in found.items()]}
+    return report
+
+
+def per_group(world: SuiteWorld, slice_acc: dict[str, float], other: float = 0.95) -> dict:
+    """Per-group accuracies: `other` everywhere, slice_acc[group] on every test group of that slice."""
+    accs = {g: other for g in group_names(SPEC, list(world.planted))}
+    for s in world.slices(SPEC):
+        for g in s["groups"]:
+            accs[g] = slice_acc.get(s["group"], other)
+    return accs
+
+
+def test_gap_closed_and_not_failed_slices():
+    from benchmarks.suite import STATUS_FAILED, STATUS_NOT_FAILED, gap_closed, slice_accuracy, slice_status
+
+    th = {"fails_below": 0.7, "not_failed_at": 0.9}
+    assert gap_closed(0.8, 0.2, 1.0, 0.02) == pytest.approx(0.75)
+    assert gap_closed(0.1, 0.2, 1.0, 0.02) == pytest.approx(-0.125)  # worse than ERM: a negative share
+    assert gap_closed(0.9, 0.9, 0.91, 0.02) is None  # nothing to close
+    assert gap_closed(None, 0.2, 1.0, 0.02) is None
+    assert slice_status(0.3, th) == STATUS_FAILED and slice_status(0.95, th) == STATUS_NOT_FAILED
+    s = {"group": "star|grass", "groups": ["star|grass|red", "star|grass|cyan"]}
+    assert slice_accuracy(fake_report({"star|grass|red": 0.2, "star|grass|cyan": 0.6}), s) == pytest.approx(0.4)
+
+
+def test_evaluate_on_fake_reports(tmp_path):
+    from benchmarks.suite import CEILING, STATUS_NOT_FAILED, build_worlds, evaluate, load_config
+
+    cfg = load_config("default", ["worlds.n_worlds=3"])
+    spec, worlds = build_worlds(cfg)
+    default, control, other = worlds
+    assert control.role == "control" and not control.slices(spec)
+    (bs,) = [s["group"] for s in other.slices(spec)]
+    acc = {  # default: star|grass failed and repaired; other: a slice ERM does not fail
+        (default.name, "none"): {"star|grass": 0.2}, (default.name, "failure_diffusion"): {"star|grass": 0.8},
+        (default.name, "untargeted_diffusion"): {"star|grass": 0.5}, (default.name, "retrieval"): {"star|grass": 0.9},
+        (default.name, CEILING): {"star|grass": 1.0},
+        (other.name, "none"): {bs: 0.95}, (other.name, "failure_diffusion"): {bs: 0.96},
+        (other.name, CEILING): {bs: 0.97}}
+    reports = {}
+    for (world, method), slice_acc in acc.items():
+        w = next(x for x in worlds if x.name == world)
+        found = {s["group"]: method != "retrieval" for s in w.slices(spec)} if method not in ("none", CEILING) else None
+        reports[(world, method)] = [fake_report(per_group(w, slice_acc), found)]
+    reports[(control.name, "none")] = [fake_report(per_group(control, {}, 0.90))]
+    reports[(control.name, "failure_diffusion")] = [fake_report(per_group(control, {}, 0.85))]
+    result = evaluate(cfg, spec, worlds, reports)
+    rows = {s["id"]: s for s in result["slices"]}
+    star = rows["default:star|grass"]
+    assert star["gap_closed"]["failure_diffusion"] == pytest.approx(0.75)
+    assert star["gap_closed"]["untargeted_diffusion"] == pytest.approx(0.375)
+    assert star["found"] == {"failure_diffusion": 1.0, "untargeted_diffusion": 1.0, "retrieval": 0.0}
+    assert rows[f"{other.name}:{bs}"]["status"] == STATUS_NOT_FAILED
+    summary = result["summary"]
+    assert summary["failed_by_erm"] == ["default:star|grass"]
+    assert summary["not_failed_by_erm"] == [f"{other.name}:{bs}"]
+    assert summary["found_in_top_k"] == {"method": "failure_diffusion", "hits": 1.0, "of": 1, "rate": 1.0}
+    fd = summary["methods"]["failure_diffusion"]
+    assert (fd["slices"], fd["gap_closed_mean"], fd["gap_closed_min"]) == (1, pytest.approx(0.75), pytest.approx(0.75))
+    assert summary["controls"]["failure_diffusion"]["worst_delta"] == pytest.approx(-0.05)
+    assert summary["controls"]["failure_diffusion"]["within_margin"] is False
+    world = {r["world"]: r for r in result["per_world"]}
+    assert world["default"]["methods"]["failure_diffusion"]["worst_group_acc"] == pytest.approx(0.8)
+
+
+def test_the_runner_keeps_finished_runs_and_writes_its_results(tmp_path, monkeypatch):
+    """Finished runs are not run again (no train.py here); the ceiling of a control world is its ERM run."""
+    from benchmarks import suite
+
+    runs = tmp_path / "runs"
+    cfg = suite.load_config("default", ["worlds.n_worlds=2"])
+    spec, worlds = suite.build_worlds(cfg)
+    jobs = suite.plan(cfg, spec, worlds, runs)
+    control_ceiling = next(j for j in jobs if j.world == "control" and j.method == suite.CEILING)
+    assert control_ceiling.alias and sum(not j.alias for j in jobs) == 9
+    for job in jobs:  # one value per key: the world's split sizes replace any common ones
+        keys = [a.split("=", 1)[0] for a in job.args]
+        augment = "none" if job.method == "ceiling" else job.method
+        assert len(keys) == len(set(keys)) and f"+augment={augment}" in job.args
+    for job in jobs:
+        w = next(x for x in worlds if x.name == job.world)
+        report = fake_report(per_group(w, {"star|grass": 0.3 if job.method == "none" else 0.9}))
+        suite._write_json(job.out / "report" / "report.json", report)
+    monkeypatch.setenv("BLINDSPOT_RESULTS", str(tmp_path))
+    real_run = subprocess.run
+
+    def no_training(cmd, *a, **k):
+        assert "train.py" not in cmd, "a finished run was run again"
+        return real_run(cmd, *a, **k)
+
+    monkeypatch.setattr(suite.subprocess, "run", no_training)
+    assert suite.main(["worlds.n_worlds=2", "--out", str(runs), "--workers", "2", "--methods", "none,ceiling"]) == 0
+    result = json.loads((tmp_path / "suite.json").read_text())
+    assert result["runs"]["finished"] == result["runs"]["planned"] == 9 and not result["runs"]["missing"]
+    assert result["summary"]["methods"]["failure_diffusion"]["gap_closed_mean"] == pytest.approx(1.0)
+    assert "star\\|grass" in (tmp_path / "suite.md").read_text()
+    assert (tmp_path / "suite.png").stat().st_size > 1000
+    assert result["invocations"] == []  # nothing ran: no measurement recorded
+
+
+def test_quick_suite_runs_the_default_world_end_to_end(tmp_path):
+    env = dict(os.environ, BLINDSPOT_RESULTS=str(tmp_path), PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.suite", "--quick", "--workers", "2", "--out",
+                           str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "suite_quick.json").read_text())
+    assert result["runs"]["finished"] == result["runs"]["planned"] == 5
+    (star,) = result["slices"]
+    assert star["group"] == "star|grass"
+    assert all(0.0 <= star["accuracy"][m] <= 1.0 for m in ("none", "failure_diffusion", "retrieval", "ceiling"))
+    assert star["found"] and (tmp_path / "suite_quick.png").stat().st_size > 1000
+
+
+def test_the_core_config_runs_are_the_default_configs_own(tmp_path):
+    from benchmarks.suite import build_worlds, load_config, plan
+
+    folders = {}
+    for name in ("core", "default"):
+        cfg = load_config(name)
+        spec, worlds = build_worlds(cfg)
+        folders[name] = {j.out for j in plan(cfg, spec, worlds, tmp_path)}
+    assert folders["core"] < folders["default"]
