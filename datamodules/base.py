@@ -166,9 +166,11 @@ class BlindspotDataModule(LightningDataModule):
         return ds
 
     # loaders -------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None, train: bool = False) -> DataLoader:
+        # a train batch of one image breaks BatchNorm; injected samples change the train size every round
+        drop_last = train and len(dataset) % self.batch_size == 1
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=False, drop_last=False)
+                          pin_memory=self.pin_memory, persistent_workers=False, drop_last=drop_last)
 
     @property
     def epoch(self) -> int:
@@ -185,7 +187,7 @@ class BlindspotDataModule(LightningDataModule):
         for part in parts:
             part.flip_seed = self.shuffle_seed * 100_003 + self.epoch
         dataset = ConcatDataset(parts) if len(parts) > 1 else parts[0]
-        return self._loader(dataset, SeededShuffle(len(dataset), self.shuffle_seed * 100_003 + self.epoch))
+        return self._loader(dataset, SeededShuffle(len(dataset), self.shuffle_seed * 100_003 + self.epoch), train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
