@@ -207,6 +207,7 @@ class FailureReport(Callback):
         """One round of the report: the remedy's counts and every mode with its evidence and thumbnails."""
         dm = trainer.datamodule
         stats = dict(rnd.stats)
+        per_mode = stats.pop("per_mode", {})
         entry = {"round": rnd.index, "epoch": rnd.epoch, "method": self.method, "remedy": rnd.remedy,
                  "status": rnd.status, "seconds": dict(rnd.seconds), "generated": stats.pop("generated", 0),
                  "kept": stats.pop("kept", 0), "injected": stats.pop("injected", 0),
@@ -230,12 +231,12 @@ class FailureReport(Callback):
                 after, ci_after = slice_accuracy(self.final_test.get("correct"), members)
                 d["test_slice"] = {"n": len(members), "acc_before": before, "acc_after": after,
                                    "ci_before": ci_before, "ci_after": ci_after}
-            d.update(self.thumbnails(trainer, m))
+            d.update(self.thumbnails(trainer, m, per_mode.get(m.mode_id, {})))
             entry["modes"].append(d)
         return entry
 
-    def thumbnails(self, trainer: Trainer, mode) -> dict:
-        """Save member / injected thumbnail grids of a mode; returns their paths relative to the report."""
+    def thumbnails(self, trainer: Trainer, mode, made: dict) -> dict:
+        """Save member / injected / rejected thumbnail grids of a mode; returns their paths relative to the report."""
         out, thumbs, n = {}, self.output_dir / "thumbs", self.thumbnails_per_mode
         member_file = thumbs / f"{mode.mode_id}-members.png"
         if not member_file.is_file() and mode.members:
@@ -248,7 +249,15 @@ class FailureReport(Callback):
             save_grid(torch.stack([load_image(r["path"]) for r in injected[:n]]), target)
         if target.is_file():
             out["generated_thumbnail"] = f"thumbs/{target.name}"
+        rejected = thumbs / f"{mode.mode_id}-rejected.png"
+        paths = [p for p in made.get("rejected_examples", [])[:n] if Path(p).is_file()]
+        if paths and not rejected.is_file():
+            save_grid(torch.stack([load_image(p) for p in paths]), rejected)
+        if rejected.is_file():
+            out["rejected_thumbnail"] = f"thumbs/{rejected.name}"
         out["images_kept"] = len(injected)
+        if "generated" in made:
+            out["images_planned"] = made["generated"]
         return out
 
     @rank_zero_only

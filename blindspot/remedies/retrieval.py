@@ -55,9 +55,9 @@ class RetrievalRemedy:
         records = context.broadcast(records)
         context.barrier("blindspot-retrieval")  # files are written before any rank reads them
         self.taken += [r["pool_index"] for r in records]
-        per_mode: dict[str, int] = {}
+        per_mode: dict[str, dict] = {}
         for r in records:
-            per_mode[r["mode_id"]] = per_mode.get(r["mode_id"], 0) + 1
+            per_mode.setdefault(r["mode_id"], {"kept": 0})["kept"] += 1
         stats = {"generated": 0, "kept": len(records), "injected": len(records), "retrieved": len(records),
                  "per_mode": per_mode,
                  "label_agreement": sum(r["pool_label"] == r["label"] for r in records) / max(1, len(records))}

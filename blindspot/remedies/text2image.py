@@ -230,7 +230,15 @@ class Text2ImageRemedy:
         for r in records:  # counts come from the manifest: right even when the round was resumed
             if not r["kept"]:
                 rejected[r["rejected_by"]] = rejected.get(r["rejected_by"], 0) + 1
+        per_mode: dict[str, dict] = {}
+        for r in records:  # what each mode got, and a few rejected images to look at
+            m = per_mode.setdefault(r["mode_id"], {"generated": 0, "kept": 0, "rejected_examples": []})
+            m["generated"] += 1
+            m["kept"] += bool(r["kept"])
+            if not r["kept"] and len(m["rejected_examples"]) < 8:
+                m["rejected_examples"].append(r["path"])
         stats = {"planned": len(order), "generated": len(records), "kept": len(kept), "injected": len(injected),
+                 "per_mode": per_mode,
                  "rejected_by": rejected, "failed_prompts": total.failed_prompts, "made_now": total.generated,
                  "reused": total.reused, "waves": 1 + max((w for w, _ in order.values()), default=0)}
         if self.target_kept and len(kept) < self.target_kept:
