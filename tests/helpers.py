@@ -65,3 +65,21 @@ def failing_backend(fail_rank: int, **kwargs):
             return super().generate(prompts, seeds)
 
     return FailingOnRank(**kwargs)
+
+
+class BagOfWords:
+    """A transparent text encoder: the normalised sum of fixed random word vectors (one per new word)."""
+
+    def __init__(self, dim: int = 32):
+        self.dim, self.words = dim, {}
+
+    def __call__(self, texts):
+        import torch
+        import torch.nn.functional as F
+
+        out = []
+        for t in texts:
+            for w in t.lower().split():
+                self.words.setdefault(w, torch.randn(self.dim, generator=torch.Generator().manual_seed(len(self.words) + 1)))
+            out.append(F.normalize(torch.stack([self.words[w] for w in t.lower().split()]).sum(0), dim=-1))
+        return torch.stack(out)

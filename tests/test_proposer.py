@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import BagOfWords
 import torch
-import torch.nn.functional as F
 
 from blindspot.captioning import Captioner, Vocabulary
 from blindspot.modes import FailureMode
@@ -39,14 +40,7 @@ def tiny_lm(tmp_path_factory) -> Path:
     return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
-def bag_of_words(texts, _words={}):
-    """A transparent text encoder: the normalised sum of fixed random word vectors."""
-    out = []
-    for t in texts:
-        for w in t.lower().split():
-            _words.setdefault(w, torch.randn(32, generator=torch.Generator().manual_seed(len(_words) + 1)))
-        out.append(F.normalize(torch.stack([_words[w] for w in t.lower().split()]).sum(0), dim=-1))
-    return torch.stack(out)
+bag_of_words = BagOfWords(32)  # a transparent text encoder shared by this module's tests
 
 
 def mode_of(cls="star", direction=None):

@@ -7,8 +7,6 @@ import logging
 import re
 
 import pytest
-import torch
-import torch.nn.functional as F
 
 from blindspot.captioning import (GENERAL_VOCABULARY, Captioner, Vocabulary, general_vocabulary,
                                   general_world_vocabulary, load_vocabulary, merge_vocabularies, world_vocabulary)
@@ -104,15 +102,10 @@ def test_merge_keeps_the_first_templates_and_unites_prefix_kinds():
 
 def test_the_planted_phrase_still_wins_among_the_general_phrases():
     """A transparent encoder (bag of random word vectors): the phrase whose words carry the direction ranks first."""
-    words: dict[str, torch.Tensor] = {}
+    from tests.helpers import BagOfWords
 
-    def encode(texts):
-        out = []
-        for t in texts:
-            for w in t.lower().split():
-                words.setdefault(w, torch.randn(64, generator=torch.Generator().manual_seed(len(words) + 1)))
-            out.append(F.normalize(torch.stack([words[w] for w in t.lower().split()]).sum(0), dim=-1))
-        return torch.stack(out)
+    encode = BagOfWords(64)
+    words = encode.words
 
     vocab = general_world_vocabulary(*WORLD)
     encode([c for _, _, c in vocab.candidates("star")])

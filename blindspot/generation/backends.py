@@ -85,9 +85,10 @@ class _DiffusersBackend:
 
     auto_class = ""
 
-    def __init__(self, model: str | None, device: str, dtype: str, num_inference_steps: int, guidance_scale: float,
-                 height: int | None, width: int | None, batch_size: int, scheduler: str | None,
-                 negative_prompt: str | None, config_key: str, progress: bool):
+    def __init__(self, model: str | None, device: str = "cpu", dtype: str = "float32", num_inference_steps: int = 20,
+                 guidance_scale: float = 3.0, height: int | None = None, width: int | None = None,
+                 batch_size: int = 64, scheduler: str | None = None, negative_prompt: str | None = None,
+                 config_key: str = "generator.model", progress: bool = True):
         prefix = config_key.rsplit(".", 1)[0]
         if dtype not in DTYPES:
             raise ValueError(f"{prefix}.dtype={dtype!r}: choose one of {sorted(DTYPES)}")
@@ -159,24 +160,6 @@ class DiffusersText2Image(_DiffusersBackend):
 
     auto_class = "AutoPipelineForText2Image"
 
-    def __init__(
-        self,
-        model: str,
-        device: str = "cpu",
-        dtype: str = "float32",
-        num_inference_steps: int = 20,
-        guidance_scale: float = 3.0,
-        height: int | None = None,
-        width: int | None = None,
-        batch_size: int = 64,
-        scheduler: str | None = None,
-        negative_prompt: str | None = None,
-        config_key: str = "generator.model",
-        progress: bool = True,
-    ):
-        super().__init__(model, device, dtype, num_inference_steps, guidance_scale, height, width, batch_size,
-                         scheduler, negative_prompt, config_key, progress)
-
     def _call(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         kwargs = self._common_kwargs(len(prompts), seeds)
         try:
@@ -211,25 +194,9 @@ class DiffusersImage2Image(_DiffusersBackend):
 
     auto_class = "AutoPipelineForImage2Image"
 
-    def __init__(
-        self,
-        model: str | None = None,
-        share_pipe_with=None,
-        strength: float = 0.5,
-        device: str = "cpu",
-        dtype: str = "float32",
-        num_inference_steps: int = 20,
-        guidance_scale: float = 3.0,
-        height: int | None = None,
-        width: int | None = None,
-        batch_size: int = 64,
-        scheduler: str | None = None,
-        negative_prompt: str | None = None,
-        config_key: str = "editor.model",
-        progress: bool = True,
-    ):
-        super().__init__(model, device, dtype, num_inference_steps, guidance_scale, height, width, batch_size,
-                         scheduler, negative_prompt, config_key, progress)
+    def __init__(self, model: str | None = None, share_pipe_with=None, strength: float = 0.5,
+                 config_key: str = "editor.model", **settings):
+        super().__init__(model, config_key=config_key, **settings)  # settings: as DiffusersText2Image's
         if model is None and share_pipe_with is None:
             raise ValueError(f"{self.config_prefix}: set {config_key} to a diffusers pipeline folder or hub id "
                              "(or build the editor with share_pipe_with=<a text-to-image backend>)")
