@@ -76,7 +76,8 @@ def test_the_second_stage_continues_the_first_in_place_and_keeps_its_record(tmp_
     assert second["total_wall_minutes"] == pytest.approx(first["wall_minutes"] + second["wall_minutes"], abs=0.02)
     train_diffusion.train(cfg)  # run again when already finished: re-exports, and the record does not chain itself
     again = json.loads((tmp_path / "out" / "training.json").read_text())
-    assert again["previous_stages"] == [first] and again["total_wall_minutes"] == second["total_wall_minutes"]
+    assert again["previous_stages"] == [first]  # (its minutes add only the re-export's few seconds)
+    assert again["total_wall_minutes"] == pytest.approx(second["total_wall_minutes"], abs=0.02)
 
 
 def write_checkpoint(folder: Path, scale: float, wall_minutes: float) -> None:
