@@ -29,6 +29,10 @@ def fit_and_test(cfg, reverse: bool):
     trainer.test(model, datamodule=dm)
     for lg in trainer.loggers:
         lg.finalize("success")
+    if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()  # flush the offline run's log before the test reads it back
     return json.loads((Path(cfg.paths.output_dir) / "report" / "report.json").read_text())
 
 
