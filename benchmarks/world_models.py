@@ -54,9 +54,9 @@ def generation_quality(backend: DiffusersText2Image, oracle, spec: WorldSpec, pe
 
 def wilson_interval(rate: float, n: int, z: float = 1.96) -> list[float]:
     """95% Wilson score interval of a rate measured on n images (how much a per-pair number can move by chance)."""
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * (rate * (1 - rate) / n + z * z / (4 * n * n)) ** 0.5
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+    from blindspot.metrics import wilson_interval as interval
+
+    return [round(x, 4) for x in interval(round(rate * n), n, z)]
 
 
 def diversity(backend: DiffusersText2Image, prompt: str, n: int = 64) -> dict:

@@ -40,11 +40,12 @@ def worst_group(per_group: torch.Tensor) -> float:
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95% for z = 1.96); (nan, nan) when n is 0."""
+    """The Wilson score interval of a proportion successes / n (95% for z = 1.96); (0, 1) when n is 0."""
     if n <= 0:
-        return float("nan"), float("nan")
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval: {successes} successes must be in [0, n={n}]")
     p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
     return max(0.0, centre - half), min(1.0, centre + half)

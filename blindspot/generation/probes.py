@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..images import save_png, to_uint8
+from ..metrics import wilson_interval  # errors / n with a 95% interval (re-exported)
 from ..modes import FailureMode
 from .backends import Text2ImageBackend
 from .prompts import allocate
@@ -38,16 +38,6 @@ ValidFn = Callable[[torch.Tensor, list[str], torch.Tensor], torch.Tensor]  # (im
 PromptFn = Callable[[FailureMode, str, int], list[str]]  # (mode, caption, n) -> n prompts
 
 
-def wilson_interval(errors: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a rate errors / n (95% for z = 1.96); (0, 1) when n is 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    if not 0 <= errors <= n:
-        raise ValueError(f"wilson_interval: errors={errors} must be in [0, n={n}]")
-    rate = errors / n
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def probe_seeds(seed: int, round_index: int, mode_id: str, caption: str, n: int) -> list[int]:
