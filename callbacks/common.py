@@ -1,9 +1,6 @@
-"""Small helpers the Blindspot callbacks share: gathering across ranks, the classifier head, timing."""
+"""Small helpers the Blindspot callbacks share: gathering across ranks, the classifier head."""
 
 from __future__ import annotations
-
-import time
-from contextlib import contextmanager
 
 import torch
 from lightning import LightningModule, Trainer
@@ -38,13 +35,3 @@ def gather_by_index(trainer: Trainer, index: torch.Tensor, *values: torch.Tensor
     first = torch.ones_like(index, dtype=torch.bool)
     first[1:] = index[1:] != index[:-1]
     return (index[first], *(v.cpu()[order][first] for v in values))
-
-
-@contextmanager
-def timed(store: dict, key: str):
-    """Add the wall time of a block to store[key] (seconds)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        store[key] = store.get(key, 0.0) + time.perf_counter() - start

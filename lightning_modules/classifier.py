@@ -160,8 +160,8 @@ class ImageClassifier(LightningModule):
             w = batch["weight"].to(per_sample.dtype)
             return (w * per_sample).sum() / w.sum().clamp(min=1e-8)
         if self.hparams.dro_groups == "discovered" and "loss_group" not in batch:
-            raise RuntimeError("model.dro_groups=discovered needs batches with 'loss_group': add the DiscoveredGroups "
-                               "callback (+augment=group_dro_discovered)")
+            raise RuntimeError("model.dro_groups=discovered needs batches with 'loss_group': use the discovered-groups remedy "
+                               "(remedy=discovered_groups; +augment=group_dro_discovered sets it)")
         groups = batch["loss_group"] if self.hparams.dro_groups == "discovered" else batch["group"]
         known = groups >= 0
         n = len(self.dro_q)

@@ -196,7 +196,7 @@ def test_group_dro_over_discovered_groups_uses_loss_group_and_resizes_on_load():
     loss = model.compute_loss(torch.randn(4, 3), batch)
     assert torch.isfinite(loss) and model.dro_q.shape == (3,)
     assert model.dro_q[0] > model.dro_q[1] and model.dro_q[2] > model.dro_q[1]  # group 1 had no samples: no update
-    with pytest.raises(RuntimeError, match="DiscoveredGroups"):
+    with pytest.raises(RuntimeError, match="remedy=discovered_groups"):
         model.compute_loss(torch.randn(4, 3), {k: v for k, v in batch.items() if k != "loss_group"})
     fresh = make_classifier(loss="group_dro", dro_groups="discovered")
     ckpt = {"state_dict": model.state_dict()}
