@@ -7,7 +7,8 @@
 
 Each run is `python train.py experiment=compare +augment=<method> seed=<seed>` in its own folder under
 outputs/compare/<method>/seed<seed>/; a run whose report has test metrics is not run again, an interrupted
-one continues from its last checkpoint. Writes benchmarks/results/compare.{json,md,png} and
+one continues from its last checkpoint, and a run whose settings differ from what today's conf/ composes is
+moved aside to <folder>.stale-<time> and run afresh (benchmarks.runs). Writes benchmarks/results/compare.{json,md,png} and
 compare_provenance.json (which commit, when and how each row was measured); a run of some methods replaces
 their rows and keeps the others'.
 """
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .common import table_cell
+from .runs import is_current, retire
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "dfr_discovered", "retrieval",
@@ -50,10 +52,13 @@ def overrides_for(method: str, quick: bool) -> list[str]:
 def run_one(method: str, seed: int, out: Path, quick: bool, threads: int | None = None) -> dict:
     """Run (or resume, or skip) one method/seed; returns its report."""
     report = out / "report" / "report.json"
-    if report.is_file() and json.loads(report.read_text()).get("metrics", {}).get("test"):
-        return json.loads(report.read_text())
     args = ["experiment=compare", f"+augment={method}", f"seed={seed}", "logger=csv", f"hydra.run.dir={out}",
             *overrides_for(method, quick)]
+    if out.exists() and not is_current(out, args):
+        print(f"[compare] {method} seed {seed}: settings changed since it ran; moved it to {retire(out).name}",
+              flush=True)
+    if report.is_file() and json.loads(report.read_text()).get("metrics", {}).get("test"):
+        return json.loads(report.read_text())
     if (out / "checkpoints" / "last.ckpt").exists():
         args.append(f"resume={out}")
     env = dict(os.environ)  # train.py runs from ROOT: its folder is on sys.path

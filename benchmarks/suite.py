@@ -12,7 +12,8 @@ The worlds come from a seeded generator (blindspot.world.suite, settings in conf
 outputs/suite/<world>/<method>/seed<seed>-<hash of its overrides>/ (configs share runs with equal overrides:
 `--config core` runs the goals' subset, the default config then adds the rest); the `ceiling` run is ERM on the
 world with every blind spot filled by real renders at its natural rate. A run whose report has test metrics is
-not run again; an interrupted one continues from its last checkpoint. The results are computed from every
+not run again; an interrupted one continues from its last checkpoint; a run whose saved settings differ from
+what today's conf/ composes (a default changed) is moved aside to <folder>.stale-<time> and run afresh. The results are computed from every
 finished run of the configuration (filters only choose what runs now) and written to
 benchmarks/results/suite.{json,md,png} (suite_quick.* with --quick).
 """
@@ -39,6 +40,7 @@ from blindspot.world.spec import WorldSpec
 
 from .common import table_cell
 from .compare import SLOW_FIRST, git_commit, images_added, overrides_for
+from .runs import is_current, retire
 
 ROOT = Path(__file__).resolve().parents[1]
 CEILING = "ceiling"  # the pseudo-method: the baseline on the world's ceiling
@@ -171,6 +173,11 @@ def finished_report(out: Path) -> dict | None:
     return report if report.get("metrics", {}).get("test") else None
 
 
+def current_report(job: Job) -> dict | None:
+    """The job's finished report, if its saved settings are still what its overrides compose to today."""
+    return finished_report(job.out) if is_current(job.out, job.args) else None
+
+
 def _write_json(path: Path, data) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +188,10 @@ def _write_json(path: Path, data) -> None:
 
 def run_job(job: Job, threads: int | None = None) -> dict:
     """Run (or resume, or skip) one job; returns its report (raises RuntimeError with the log's tail)."""
-    done = finished_report(job.out)
+    if not job.alias and job.out.exists() and not is_current(job.out, job.args):
+        print(f"[suite] {job.world} {job.method} seed {job.seed}: settings changed since {job.out.name} ran; "
+              f"moved it to {retire(job.out).name}", flush=True)
+    done = current_report(job)
     if done is not None or job.alias:
         if done is None:
             raise RuntimeError(f"{job.world} {job.method}: the run it reuses ({job.out}) has not finished")
@@ -211,7 +221,7 @@ def run_all(jobs: list[Job], workers: int) -> tuple[dict[tuple[str, str, int], s
     todo = sorted(jobs, key=lambda j: (j.alias, order.get(j.method, len(order))))
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     errors: dict[tuple[str, str, int], str] = {}
-    ran = [j for j in todo if not j.alias and finished_report(j.out) is None]
+    ran = [j for j in todo if not j.alias and current_report(j) is None]
 
     def one(job: Job) -> None:
         try:
@@ -460,7 +470,7 @@ def collect(jobs: list[Job]) -> dict[tuple[str, str], list[dict]]:
     """Finished reports of the planned jobs, by (world, method), one per finished seed."""
     out: dict[tuple[str, str], list[dict]] = {}
     for job in jobs:
-        report = finished_report(job.out)
+        report = current_report(job)
         if report is not None:
             out.setdefault((job.world, job.method), []).append(report)
     return out
@@ -526,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                             "methods": chosen_methods, "errors": len(errors),
                             "load_average_at_end": os.getloadavg()})
     reports = collect(jobs)
-    missing = [f"{j.world}/{j.method}/seed{j.seed}" for j in jobs if not j.alias and finished_report(j.out) is None]
+    missing = [f"{j.world}/{j.method}/seed{j.seed}" for j in jobs if not j.alias and current_report(j) is None]
     result = {"config": name,
               "settings": {"methods": list(cfg.methods), "baseline": cfg.baseline, "seeds": list(cfg.seeds),
                            "run_prefix": ["experiment=compare", "+augment=<method>", "seed=<seed>", "logger=csv"],
@@ -534,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                            "generator": OmegaConf.to_container(cfg.worlds)},
               "estimate_minutes_workers2": estimate_minutes(jobs, dict(cfg.minutes_per_run), 2),
               "runs": {"planned": sum(not j.alias for j in jobs), "finished": sum(
-                  1 for j in jobs if not j.alias and finished_report(j.out) is not None), "missing": missing,
+                  1 for j in jobs if not j.alias and current_report(j) is not None), "missing": missing,
                        "errors": {"/".join(map(str, k)): v[-2000:] for k, v in errors.items()},
                        "folders": {f"{j.world}/{j.method}/seed{j.seed}": str(j.out) for j in jobs}},
               "worlds": [w.to_dict(spec) for w in worlds],

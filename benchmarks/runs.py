@@ -1,0 +1,53 @@
+"""Resumable benchmark runs: a finished run is reused only while its settings are still what it would run now.
+
+A run folder keeps Hydra's `.hydra/config.yaml`. Before a sweep reuses a finished (or half-finished) run, the
+same overrides are composed again from today's `conf/`; if a default changed since, the old folder is moved
+aside (kept, never deleted) and the run starts afresh, so a table never mixes old and new settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_KEYS = ("resume",)  # how a run was started (a resume of its own folder), not what it trains
+
+
+@functools.lru_cache(maxsize=None)
+def composed_config(args: tuple[str, ...]) -> str:
+    """conf/train.yaml composed with these overrides (hydra.* ones dropped), as the YAML Hydra saves."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return settings(compose(config_name="train", overrides=overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def settings(cfg) -> str:
+    """A run config as YAML without the keys that say how it was started (RUN_KEYS)."""
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in RUN_KEYS])
+    return OmegaConf.to_yaml(cfg)
+
+
+def is_current(out: Path, args: list[str]) -> bool:
+    """True unless `out` holds a run whose saved config differs from what `args` compose to today."""
+    saved = out / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return True
+    return settings(OmegaConf.load(saved)) == composed_config(tuple(args))
+
+
+def retire(out: Path) -> Path:
+    """Move a stale run folder aside (`<name>.stale-<time>`) so a fresh run can take its place."""
+    target = out.with_name(f"{out.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.rename(target)
+    return target

@@ -1,0 +1,45 @@
+"""Benchmark runs are reused only while their saved settings are what today's conf/ composes."""
+
+from omegaconf import OmegaConf
+
+from benchmarks.runs import composed_config, is_current, retire
+
+ARGS = ["experiment=compare", "+augment=none", "seed=0", "logger=csv", "trainer.max_epochs=3"]
+
+
+def _saved_run(tmp_path, args, edit=None):
+    """A run folder holding the config Hydra would have saved for `args` (optionally edited)."""
+    cfg = OmegaConf.create(composed_config(tuple(args)))
+    if edit:
+        edit(cfg)
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    return tmp_path / "run"
+
+
+def test_a_run_with_todays_settings_is_current(tmp_path):
+    out = _saved_run(tmp_path, ARGS)
+    assert is_current(out, ARGS + [f"hydra.run.dir={out}"])
+
+
+def test_a_resumed_run_is_still_current(tmp_path):
+    out = _saved_run(tmp_path, ARGS, edit=lambda c: OmegaConf.update(c, "resume", str(tmp_path / "run")))
+    assert is_current(out, ARGS)
+
+
+def test_a_changed_default_makes_the_run_stale(tmp_path):
+    out = _saved_run(tmp_path, ARGS, edit=lambda c: OmegaConf.update(c, "data.synthetic_repeat", 7))
+    assert not is_current(out, ARGS)
+    assert not is_current(_saved_run(tmp_path / "b", ARGS), ARGS[:-1] + ["trainer.max_epochs=4"])
+
+
+def test_a_folder_without_a_saved_config_is_not_judged(tmp_path):
+    assert is_current(tmp_path / "never-ran", ARGS)
+
+
+def test_retire_keeps_the_old_run(tmp_path):
+    out = _saved_run(tmp_path, ARGS)
+    (out / "report.json").write_text("{}")
+    moved = retire(out)
+    assert not out.exists() and (moved / "report.json").read_text() == "{}"
+    assert moved.name.startswith("run.stale-")
