@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .common import table_cell
-from .runs import is_current, retire
+from .runs import claimed, is_current, retire
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "dfr_discovered", "retrieval",
@@ -51,6 +51,12 @@ def overrides_for(method: str, quick: bool) -> list[str]:
 
 def run_one(method: str, seed: int, out: Path, quick: bool, threads: int | None = None) -> dict:
     """Run (or resume, or skip) one method/seed; returns its report."""
+    with claimed(out):
+        return _run_claimed(method, seed, out, quick, threads)
+
+
+def _run_claimed(method: str, seed: int, out: Path, quick: bool, threads: int | None) -> dict:
+    """run_one's work, with the run's folder locked."""
     report = out / "report" / "report.json"
     args = ["experiment=compare", f"+augment={method}", f"seed={seed}", "logger=csv", f"hydra.run.dir={out}",
             *overrides_for(method, quick)]

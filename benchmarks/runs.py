@@ -2,12 +2,16 @@
 
 A run folder keeps Hydra's `.hydra/config.yaml`. Before a sweep reuses a finished (or half-finished) run, the
 same overrides are composed again from today's `conf/`; if a default changed since, the old folder is moved
-aside (kept, never deleted) and the run starts afresh, so a table never mixes old and new settings.
+aside (kept, never deleted) and the run starts afresh, so a table never mixes old and new settings. While a run
+runs, its folder is locked (`claimed`): two sweeps started on the same folders do not write into one run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +19,10 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = ("resume",)  # how a run was started (a resume of its own folder), not what it trains
+
+
+class RunInUseError(RuntimeError):
+    """Another process is running this folder right now."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,3 +59,19 @@ def retire(out: Path) -> Path:
     target = out.with_name(f"{out.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
     out.rename(target)
     return target
+
+
+@contextlib.contextmanager
+def claimed(out: Path):
+    """Hold an exclusive lock on a run folder while it runs: a second sweep on the same folder stops at once."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise RunInUseError(f"{out} is being run by another process (pid {lock.read().strip() or '?'}); "
+                                "wait for it, or stop that sweep first") from None
+        lock.seek(0), lock.truncate(), lock.write(str(os.getpid())), lock.flush()
+        yield out

@@ -40,7 +40,7 @@ from blindspot.world.spec import WorldSpec
 
 from .common import table_cell
 from .compare import SLOW_FIRST, git_commit, images_added, overrides_for
-from .runs import is_current, retire
+from .runs import claimed, is_current, retire
 
 ROOT = Path(__file__).resolve().parents[1]
 CEILING = "ceiling"  # the pseudo-method: the baseline on the world's ceiling
@@ -188,13 +188,22 @@ def _write_json(path: Path, data) -> None:
 
 def run_job(job: Job, threads: int | None = None) -> dict:
     """Run (or resume, or skip) one job; returns its report (raises RuntimeError with the log's tail)."""
-    if not job.alias and job.out.exists() and not is_current(job.out, job.args):
+    if job.alias:
+        done = current_report(job)
+        if done is None:
+            raise RuntimeError(f"{job.world} {job.method}: the run it reuses ({job.out}) has not finished")
+        return done
+    with claimed(job.out):
+        return _run_claimed(job, threads)
+
+
+def _run_claimed(job: Job, threads: int | None) -> dict:
+    """run_job's work, with the job's folder locked."""
+    if job.out.exists() and not is_current(job.out, job.args):
         print(f"[suite] {job.world} {job.method} seed {job.seed}: settings changed since {job.out.name} ran; "
               f"moved it to {retire(job.out).name}", flush=True)
     done = current_report(job)
-    if done is not None or job.alias:
-        if done is None:
-            raise RuntimeError(f"{job.world} {job.method}: the run it reuses ({job.out}) has not finished")
+    if done is not None:
         return done
     args = [*job.args, f"hydra.run.dir={job.out}"]
     if (job.out / "checkpoints" / "last.ckpt").exists():

@@ -1,8 +1,9 @@
 """Benchmark runs are reused only while their saved settings are what today's conf/ composes."""
 
+import pytest
 from omegaconf import OmegaConf
 
-from benchmarks.runs import composed_config, is_current, retire
+from benchmarks.runs import RunInUseError, claimed, composed_config, is_current, retire
 
 ARGS = ["experiment=compare", "+augment=none", "seed=0", "logger=csv", "trainer.max_epochs=3"]
 
@@ -43,3 +44,13 @@ def test_retire_keeps_the_old_run(tmp_path):
     moved = retire(out)
     assert not out.exists() and (moved / "report.json").read_text() == "{}"
     assert moved.name.startswith("run.stale-")
+
+
+def test_a_folder_being_run_cannot_be_claimed_twice(tmp_path):
+    out = tmp_path / "run"
+    with claimed(out):
+        with pytest.raises(RunInUseError, match="being run by another process"):
+            with claimed(out):
+                pass
+    with claimed(out):  # released when the first run ends
+        pass
