@@ -41,9 +41,16 @@ def composed_config(args: tuple[str, ...]) -> str:
 
 
 def settings(cfg) -> str:
-    """A run config as YAML without the keys that say how it was started (RUN_KEYS)."""
+    """A run config as resolved YAML (`${seed}` -> 0) without the keys that say how it was started (RUN_KEYS).
+
+    `${hydra:...}` values (the run's own folder) stay as placeholders: they exist only inside a Hydra run.
+    """
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in RUN_KEYS])
-    return OmegaConf.to_yaml(cfg)
+    OmegaConf.register_new_resolver("hydra", lambda path: f"<hydra:{path}>", replace=True)
+    try:
+        return OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+    except Exception:  # an interpolation this process cannot resolve: compare the configs as written
+        return OmegaConf.to_yaml(cfg)
 
 
 def is_current(out: Path, args: list[str]) -> bool:

@@ -224,3 +224,13 @@ def test_the_core_config_runs_are_the_default_configs_own(tmp_path):
         spec, worlds = build_worlds(cfg)
         folders[name] = {j.out for j in plan(cfg, spec, worlds, tmp_path)}
     assert folders["core"] < folders["default"]
+
+
+def test_the_repair_config_spells_out_todays_failure_diffusion_defaults():
+    from benchmarks.runs import composed_config
+    from benchmarks.suite import load_config
+
+    base = ("experiment=compare", "+augment=failure_diffusion", "seed=0", "logger=csv")
+    spelled_out = tuple(load_config("repair").method_overrides.failure_diffusion)
+    assert composed_config(base + spelled_out) == composed_config(base)
+    assert composed_config(base + ("data.synthetic_repeat=1",)) != composed_config(base)  # the check can fail
