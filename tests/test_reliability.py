@@ -65,8 +65,9 @@ def test_kill_during_generation_then_resume_loses_and_repeats_nothing(tiny_model
     reference = tmp_path / "reference"
     finish(start(headline(tiny_models, reference)))
     expected = pool_of(reference / "checkpoints" / "last.ckpt")
-    assert len(records(reference)) == BUDGET and expected
-    for name, kill_at in (("early", 2), ("middle", BUDGET // 2), ("end", BUDGET)):
+    made = len(records(reference))  # waves until remedy.target_kept (= BUDGET) are kept, at most 4 x BUDGET
+    assert BUDGET <= made <= 4 * BUDGET and expected
+    for name, kill_at in (("early", 2), ("middle", made // 2), ("end", made)):
         run = tmp_path / name
         proc = start(headline(tiny_models, run))
         deadline = time.time() + 300
@@ -78,8 +79,8 @@ def test_kill_during_generation_then_resume_loses_and_repeats_nothing(tiny_model
         assert written >= min(kill_at, 1), f"{name}: killed before any image was recorded"
         finish(start(headline(tiny_models, run, extra=[f"resume={run}"])))
         recs = records(run)
-        assert len(recs) == BUDGET, f"{name}: the round must end with exactly the configured count"
-        assert len({(r["mode_id"], r["seed"]) for r in recs}) == BUDGET, f"{name}: an image was made twice"
+        assert len(recs) == made, f"{name}: the round must end with exactly the clean run's count"
+        assert len({(r["mode_id"], r["seed"]) for r in recs}) == made, f"{name}: an image was made twice"
         for r in recs:
             assert load_image(r["path"]).shape == (3, 32, 32)
         images = {p.name for p in (run / "generated" / "round_0" / "images").iterdir()}
@@ -102,7 +103,7 @@ def test_resume_after_a_round_restores_modes_pool_counters_and_continues(compose
     state = next(v for k, v in half["callbacks"].items() if "FailureLoopCallback" in k)
     assert len(state["rounds"]) == 2 and half["WorldDataModule"]["synthetic"]
     assert [r["status"] for r in state["rounds"]] == ["remedied", "remedied"]
-    assert state["rounds"][0]["stats"]["generated"] == BUDGET
+    assert BUDGET <= state["rounds"][0]["stats"]["generated"] <= 4 * BUDGET
     run(cfg(tmp_path / "half", [f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"]))
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=False)
@@ -144,10 +145,11 @@ def test_ddp_shards_generation_and_every_rank_trains_on_the_same_pool(tiny_model
         "trainer=ddp", "trainer.devices=2", "+callbacks.dump._target_=tests.helpers.DumpPool",
         f"+callbacks.dump.output_dir={run / 'pools'}"]))
     recs = records(run)
-    assert len(recs) == BUDGET and len({r["id"] for r in recs}) == BUDGET
+    assert BUDGET <= len(recs) <= 4 * BUDGET and len({r["id"] for r in recs}) == len(recs)
     assert {r["rank"] for r in recs} == {0, 1}  # both ranks generated, disjoint items
     pools = [json.loads((run / "pools" / f"pool_rank{r}.json").read_text()) for r in (0, 1)]
-    assert pools[0] == pools[1] and len(pools[0]) == sum(r["kept"] for r in recs)
+    # exactly remedy.target_kept (= BUDGET) injected, or every kept image if the cap came first
+    assert pools[0] == pools[1] and len(pools[0]) == min(BUDGET, sum(r["kept"] for r in recs))
     assert len(list(run.rglob("report.json"))) == 1  # exactly one report
 
 
