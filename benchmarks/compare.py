@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .common import table_cell
-from .runs import claimed, is_current, retire
+from .runs import claimed, reusable_report
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "dfr_discovered", "retrieval",
@@ -60,11 +60,9 @@ def _run_claimed(method: str, seed: int, out: Path, quick: bool, threads: int | 
     report = out / "report" / "report.json"
     args = ["experiment=compare", f"+augment={method}", f"seed={seed}", "logger=csv", f"hydra.run.dir={out}",
             *overrides_for(method, quick)]
-    if out.exists() and not is_current(out, args):
-        print(f"[compare] {method} seed {seed}: settings changed since it ran; moved it to {retire(out).name}",
-              flush=True)
-    if report.is_file() and json.loads(report.read_text()).get("metrics", {}).get("test"):
-        return json.loads(report.read_text())
+    done = reusable_report(out, args, f"[compare] {method} seed {seed}")
+    if done is not None:
+        return done
     if (out / "checkpoints" / "last.ckpt").exists():
         args.append(f"resume={out}")
     env = dict(os.environ)  # train.py runs from ROOT: its folder is on sys.path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import json
 import os
 import time
 from pathlib import Path
@@ -59,6 +60,25 @@ def is_current(out: Path, args: list[str]) -> bool:
     if not saved.is_file():
         return True
     return settings(OmegaConf.load(saved)) == composed_config(tuple(args))
+
+
+def finished_report(out: Path) -> dict | None:
+    """A run folder's report.json if the run finished (has test metrics), else None."""
+    path = out / "report" / "report.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return report if report.get("metrics", {}).get("test") else None
+
+
+def reusable_report(out: Path, args: list[str], label: str) -> dict | None:
+    """The finished report to reuse, or None to (re)run; a stale folder is first moved aside (and said so)."""
+    if out.exists() and not is_current(out, args):
+        print(f"{label}: settings changed since {out.name} ran; moved it to {retire(out).name}", flush=True)
+    return finished_report(out)
 
 
 def retire(out: Path) -> Path:

@@ -40,7 +40,7 @@ from blindspot.world.spec import WorldSpec
 
 from .common import table_cell
 from .compare import SLOW_FIRST, git_commit, images_added, overrides_for
-from .runs import claimed, is_current, retire
+from .runs import claimed, finished_report, is_current, reusable_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CEILING = "ceiling"  # the pseudo-method: the baseline on the world's ceiling
@@ -161,18 +161,6 @@ def estimate_minutes(jobs: list[Job], minutes_per_run: dict, workers: int) -> fl
 
 # ------------------------------------------------------------------------------------------------ running
 
-def finished_report(out: Path) -> dict | None:
-    """A run folder's report.json if the run finished (has test metrics), else None."""
-    path = out / "report" / "report.json"
-    if not path.is_file():
-        return None
-    try:
-        report = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return report if report.get("metrics", {}).get("test") else None
-
-
 def current_report(job: Job) -> dict | None:
     """The job's finished report, if its saved settings are still what its overrides compose to today."""
     return finished_report(job.out) if is_current(job.out, job.args) else None
@@ -199,10 +187,7 @@ def run_job(job: Job, threads: int | None = None) -> dict:
 
 def _run_claimed(job: Job, threads: int | None) -> dict:
     """run_job's work, with the job's folder locked."""
-    if job.out.exists() and not is_current(job.out, job.args):
-        print(f"[suite] {job.world} {job.method} seed {job.seed}: settings changed since {job.out.name} ran; "
-              f"moved it to {retire(job.out).name}", flush=True)
-    done = current_report(job)
+    done = reusable_report(job.out, job.args, f"[suite] {job.world} {job.method} seed {job.seed}")
     if done is not None:
         return done
     args = [*job.args, f"hydra.run.dir={job.out}"]
@@ -475,11 +460,10 @@ def chart(result: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def collect(jobs: list[Job]) -> dict[tuple[str, str], list[dict]]:
-    """Finished reports of the planned jobs, by (world, method), one per finished seed."""
+def collect(jobs: list[Job], reports: list[dict | None]) -> dict[tuple[str, str], list[dict]]:
+    """The jobs' finished reports (`reports[i]` is job i's, or None), by (world, method), one per finished seed."""
     out: dict[tuple[str, str], list[dict]] = {}
-    for job in jobs:
-        report = current_report(job)
+    for job, report in zip(jobs, reports):
         if report is not None:
             out.setdefault((job.world, job.method), []).append(report)
     return out
@@ -544,8 +528,9 @@ def main(argv: list[str] | None = None) -> int:
                             "minutes": (time.time() - start) / 60, "worlds": chosen_worlds,
                             "methods": chosen_methods, "errors": len(errors),
                             "load_average_at_end": os.getloadavg()})
-    reports = collect(jobs)
-    missing = [f"{j.world}/{j.method}/seed{j.seed}" for j in jobs if not j.alias and current_report(j) is None]
+    finished = [current_report(j) for j in jobs]  # read once: collect, missing and the count use it
+    reports = collect(jobs, finished)
+    missing = [f"{j.world}/{j.method}/seed{j.seed}" for j, r in zip(jobs, finished) if not j.alias and r is None]
     result = {"config": name,
               "settings": {"methods": list(cfg.methods), "baseline": cfg.baseline, "seeds": list(cfg.seeds),
                            "run_prefix": ["experiment=compare", "+augment=<method>", "seed=<seed>", "logger=csv"],
@@ -553,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                            "generator": OmegaConf.to_container(cfg.worlds)},
               "estimate_minutes_workers2": estimate_minutes(jobs, dict(cfg.minutes_per_run), 2),
               "runs": {"planned": sum(not j.alias for j in jobs), "finished": sum(
-                  1 for j in jobs if not j.alias and current_report(j) is not None), "missing": missing,
+                  1 for j, r in zip(jobs, finished) if not j.alias and r is not None), "missing": missing,
                        "errors": {"/".join(map(str, k)): v[-2000:] for k, v in errors.items()},
                        "folders": {f"{j.world}/{j.method}/seed{j.seed}": str(j.out) for j in jobs}},
               "worlds": [w.to_dict(spec) for w in worlds],
