@@ -6,7 +6,9 @@
     python -m benchmarks.compare --workers 2     # two runs side by side, each on cores/2 torch threads
 
 Each run is `python train.py experiment=compare +augment=<method> seed=<seed>` in its own folder under
-outputs/compare/<method>/seed<seed>/; a run whose report has test metrics is not run again, an interrupted
+outputs/compare/full/<method>/seed<seed>/ (`ceiling` is ERM with the default world's blind spots filled by real
+renders at their natural rate, as in benchmarks.suite; with it and `none`, the table gives each method's share of
+the gap to the ceiling closed on every blind spot, per seed); a run whose report has test metrics is not run again, an interrupted
 one continues from its last checkpoint, and a run whose settings differ from what today's conf/ composes is
 moved aside to <folder>.stale-<time> and run afresh (benchmarks.runs). Writes benchmarks/results/compare.{json,md,png} and
 compare_provenance.json (which commit, when and how each row was measured); a run of some methods replaces
@@ -30,7 +32,8 @@ from .runs import claimed, reusable_report
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "dfr_discovered", "retrieval",
-           "untargeted_diffusion", "failure_diffusion"]
+           "untargeted_diffusion", "failure_diffusion", "ceiling"]
+CEILING = "ceiling"  # ERM with the world's blind spots filled by real renders at their natural rate
 QUICK = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
          "trainer.max_epochs=2", "loop.start_epoch=1", "remedy.images_per_round=8", "generator.num_inference_steps=2",
          "discovery.min_support=3", "discovery.min_error_gap=0.0", "callbacks.jtt.identification_epochs=1"]
@@ -49,6 +52,37 @@ def overrides_for(method: str, quick: bool) -> list[str]:
                                     if keys[o] == prefix or keys[o].startswith(prefix + "."))]
 
 
+def default_world():
+    """The world spec and the default world (conf/data/world.yaml's planted list) as the suite sees them."""
+    from blindspot.world.suite import Planted, SuiteWorld
+
+    from .suite import world_spec_and_default
+
+    spec, planted = world_spec_and_default()
+    return spec, SuiteWorld("default", 0, tuple(Planted(**dict(p)) for p in planted))
+
+
+def ceiling_overrides() -> list[str]:
+    """ERM on the default world with every blind spot filled at its natural rate (as the suite's ceiling)."""
+    from blindspot.world.suite import planted_override
+
+    spec, world = default_world()
+    return ["+augment=none", f"data.planted={planted_override(world.ceiling(spec).planted)}"]
+
+
+def blind_spots() -> list[dict]:
+    """The default world's planted slices (e.g. star|grass), with the test groups each covers."""
+    spec, world = default_world()
+    return world.slices(spec)
+
+
+def run_args(method: str, seed: int, quick: bool) -> list[str]:
+    """The train.py overrides of one method/seed (the ceiling: ERM on the filled world)."""
+    augment = ceiling_overrides() if method == CEILING else [f"+augment={method}"]
+    return ["experiment=compare", augment[0], f"seed={seed}", "logger=csv", *augment[1:],
+            *overrides_for("none" if method == CEILING else method, quick)]
+
+
 def run_one(method: str, seed: int, out: Path, quick: bool, threads: int | None = None) -> dict:
     """Run (or resume, or skip) one method/seed; returns its report."""
     with claimed(out):
@@ -58,8 +92,7 @@ def run_one(method: str, seed: int, out: Path, quick: bool, threads: int | None 
 def _run_claimed(method: str, seed: int, out: Path, quick: bool, threads: int | None) -> dict:
     """run_one's work, with the run's folder locked."""
     report = out / "report" / "report.json"
-    args = ["experiment=compare", f"+augment={method}", f"seed={seed}", "logger=csv", f"hydra.run.dir={out}",
-            *overrides_for(method, quick)]
+    args = [*run_args(method, seed, quick), f"hydra.run.dir={out}"]
     done = reusable_report(out, args, f"[compare] {method} seed {seed}")
     if done is not None:
         return done
@@ -112,9 +145,11 @@ def images_added(report: dict) -> int:
     return int(sum(r.get("kept") or 0 for r in rounds) + retrieved)
 
 
-def summarise(runs: dict[str, list[dict]]) -> dict:
-    """Mean and standard deviation over seeds per method (the machine-readable results)."""
-    out = {}
+def summarise(runs: dict[str, list[dict]], seeds: list[int]) -> dict:
+    """Mean and standard deviation over seeds per method, and each blind spot's accuracy per seed."""
+    from .suite import slice_accuracy
+
+    out, spots = {}, blind_spots()
     for method, reports in runs.items():
         avg = [r["metrics"]["test"]["avg_acc"] for r in reports]
         wga = [r["metrics"]["test"]["worst_group_acc"] for r in reports]
@@ -127,8 +162,41 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
             "seeds": len(reports),
             "per_group_mean": {g: statistics.mean(r["metrics"]["test"]["per_group"][g] for r in reports)
                                for g in groups},
+            "blind_spots": {s["group"]: {str(seed): slice_accuracy(r, s) for seed, r in zip(seeds, reports)}
+                            for s in spots},
         }
     return out
+
+
+def gap_rows(summary: dict) -> list[dict]:
+    """Per method and blind spot: the share of the gap to the ceiling closed per seed, (m - ERM) / (ceiling - ERM)."""
+    base, top = summary.get("none", {}).get("blind_spots"), summary.get(CEILING, {}).get("blind_spots")
+    if not base or not top:
+        return []
+    rows = []
+    for method, s in summary.items():
+        for group, accs in (s.get("blind_spots") or {}).items():
+            gaps = {seed: (a - base[group][seed]) / (top[group][seed] - base[group][seed])
+                    for seed, a in accs.items() if a is not None and base[group].get(seed) is not None
+                    and top[group].get(seed) is not None and top[group][seed] > base[group][seed]}
+            if method not in ("none", CEILING) and gaps:
+                rows.append({"method": method, "group": group, "gap_closed": gaps,
+                             "mean": statistics.mean(gaps.values())})
+    return rows
+
+
+def gap_table(summary: dict) -> str:
+    """The markdown table of gap closed on each blind spot per seed (empty without ERM and ceiling rows)."""
+    rows = gap_rows(summary)
+    if not rows:
+        return ""
+    seeds = sorted({seed for r in rows for seed in r["gap_closed"]}, key=int)
+    lines = ["| method | blind spot | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---|---|" + "---|" * (len(seeds) + 1)]
+    for r in rows:
+        cells = [f"{r['gap_closed'][s]:.0%}" if s in r["gap_closed"] else "–" for s in seeds]
+        lines.append(f"| {r['method']} | {table_cell(r['group'])} | " + " | ".join(cells) + f" | {r['mean']:.0%} |")
+    return "\n".join(lines)
 
 
 def chart(summary: dict, path: Path) -> None:
@@ -208,6 +276,10 @@ def render(results: Path, stem: str, summary: dict, provenance: list[dict]) -> s
              for e in provenance]
     text = (table(summary) + "\n\nHow each row was measured:\n" + "\n".join(lines)
             + "\n\nPer-group test accuracy (mean over seeds):\n\n" + group_table(summary) + "\n")
+    gaps = gap_table(summary)
+    if gaps:
+        text += ("\nGap to the ceiling closed on each blind spot, (method - ERM) / (ceiling - ERM) on the same seed "
+                 "(test accuracy of the slice):\n\n" + gaps + "\n")
     (results / f"{stem}.md").write_text(text)
     chart(summary, results / f"{stem}.png")
     return text
@@ -235,7 +307,7 @@ def main() -> None:
                   "date": time.strftime("%Y-%m-%d %H:%M")}
     stem = "compare_quick" if args.quick else "compare"
     results = Path(os.environ.get("BLINDSPOT_RESULTS", ROOT / "benchmarks" / "results"))
-    summary, provenance = merged(results, stem, summarise(runs), invocation)
+    summary, provenance = merged(results, stem, summarise(runs, seeds), invocation)
     print(render(results, stem, summary, provenance))
 
 

@@ -78,14 +78,48 @@ class ClassifierConfidenceFilter:
 
 
 class NearDuplicateFilter:
-    """Rejects images nearly identical (CLIP cosine) to a kept image of this batch or of the existing pool."""
+    """Rejects images nearly identical (CLIP cosine) to a kept image of this batch or of the existing pool.
+
+    With `max_similarity="auto"` the threshold comes from the real training images (`calibrate`): the
+    `real_quantile` of each one's cosine to its nearest same-class neighbour. Two generated images then count as
+    duplicates only when they are closer than real images of a class almost ever are, whatever the CLIP model.
+    """
 
     name, needs = "near_duplicate", frozenset({"clip"})
 
-    def __init__(self, max_similarity: float = 0.98):
-        self.max_similarity = max_similarity
+    def __init__(self, max_similarity: float | str = 0.98, real_quantile: float = 0.99, max_real: int = 4000):
+        if max_similarity != "auto" and not -1.0 <= float(max_similarity) <= 1.0:
+            raise ValueError(f"filters.near_duplicate.max_similarity={max_similarity}: a cosine in [-1, 1], or auto")
+        if not 0.0 < real_quantile <= 1.0:
+            raise ValueError(f"filters.near_duplicate.real_quantile={real_quantile}: must be in (0, 1]")
+        self.auto = max_similarity == "auto"
+        self.max_similarity = None if self.auto else float(max_similarity)
+        self.real_quantile, self.max_real = real_quantile, max_real
+
+    def calibration_sample(self, n: int) -> list[int]:
+        """Which training images calibrate the threshold: all, or `max_real` of them drawn with a fixed seed."""
+        if n <= self.max_real:
+            return list(range(n))
+        return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(0))[: self.max_real].tolist())
+
+    def calibrate(self, real_emb: torch.Tensor, real_labels: torch.Tensor) -> float:
+        """Set the threshold from real images' nearest same-class neighbour cosines; returns it."""
+        emb, nearest = F.normalize(real_emb.float(), dim=-1), []
+        for c in real_labels.unique():
+            e = emb[real_labels == c]
+            if len(e) > 1:
+                sims = e @ e.T
+                sims.fill_diagonal_(-1.0)
+                nearest.append(sims.max(1).values)
+        if not nearest:
+            raise ValueError("filters.near_duplicate.max_similarity=auto needs two real images of a class; "
+                             "set a number instead (e.g. 0.98)")
+        self.max_similarity = float(torch.cat(nearest).quantile(self.real_quantile))
+        return self.max_similarity
 
     def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
+        if self.max_similarity is None:
+            raise RuntimeError("filters.near_duplicate.max_similarity=auto: calibrate() on real images first")
         emb = F.normalize(c.image_emb, dim=-1)
         keep = torch.ones(len(emb), dtype=torch.bool)
         nearest = torch.full((len(emb),), -1.0)

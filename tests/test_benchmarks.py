@@ -40,16 +40,41 @@ def test_quick_benchmark_writes_its_results(module, keys, tmp_path):
     assert (tmp_path / f"{stem}_quick.md").read_text().strip()
 
 
-def test_quick_comparison_runs_every_method(tmp_path):
-    run_benchmark("compare", tmp_path, "--out", str(tmp_path / "runs"), timeout=1800)
+def _check_quick_comparison(tmp_path, methods: list[str]) -> None:
+    """`benchmarks.compare --quick` over `methods` writes a row per method and the chart."""
+    args = ["--methods", ",".join(methods)] if methods else []
+    run_benchmark("compare", tmp_path, "--out", str(tmp_path / "runs"), *args, timeout=1800)
     summary = json.loads((tmp_path / "compare_quick.json").read_text())
     from benchmarks.compare import METHODS
 
-    assert set(summary) == set(METHODS)
-    for m in METHODS:
+    assert set(summary) == set(methods or METHODS)
+    for m in summary:
         assert 0.0 <= summary[m]["wga_mean"] <= summary[m]["avg_acc_mean"] <= 1.0
         assert summary[m]["seeds"] == 1
     assert (tmp_path / "compare_quick.png").stat().st_size > 1000
+
+
+def test_quick_comparison_runs_erm_the_headline_and_the_ceiling(tmp_path):
+    _check_quick_comparison(tmp_path, ["none", "failure_diffusion", "ceiling"])
+
+
+@pytest.mark.slow
+def test_quick_comparison_runs_every_method(tmp_path):
+    _check_quick_comparison(tmp_path, [])
+
+
+def test_every_compared_method_composes_with_the_quick_overrides():
+    """Each method's run (quick or not) is a config train.py composes (the runs themselves are tested elsewhere)."""
+    from omegaconf import OmegaConf
+
+    from benchmarks.compare import METHODS, run_args
+    from benchmarks.runs import composed_config
+
+    for method in METHODS:
+        for quick in (False, True):
+            cfg = OmegaConf.create(composed_config(tuple(run_args(method, 0, quick))))
+            assert cfg.augment.name == ("none" if method == "ceiling" else method), method
+            assert (cfg.data.train_per_class == 60) == quick, method
 
 
 def test_targeting_counts_kept_images_in_the_planted_group(tmp_path):
@@ -136,7 +161,7 @@ def test_compare_counts_the_images_every_method_added(tmp_path):
         folder.mkdir(parents=True)
         (folder / "report.json").write_text(json.dumps(report))
     runs = run_all(["none", "retrieval", "failure_diffusion"], [0, 1], tmp_path / "runs", quick=False, workers=1)
-    summary = summarise(runs)  # finished runs are read back, nothing is trained
+    summary = summarise(runs, [0, 1])  # finished runs are read back, nothing is trained
     assert {m: s["images_added"] for m, s in summary.items()} == {"none": 0, "retrieval": 512,
                                                                   "failure_diffusion": 232}
     text = render(tmp_path / "results", "compare", summary, [])
@@ -144,6 +169,30 @@ def test_compare_counts_the_images_every_method_added(tmp_path):
     assert rows == {"none": "0", "retrieval": "512", "failure_diffusion": "232"}
     assert json.loads((tmp_path / "results" / "compare.json").read_text())["retrieval"]["images_added"] == 512
     assert (tmp_path / "results" / "compare.png").stat().st_size > 1000
+
+
+def test_compare_measures_the_gap_to_the_ceiling_on_each_seed(tmp_path):
+    """The ceiling is ERM on the default world with star|grass filled at its natural rate, and the gap closed on
+    star|grass is (method - ERM) / (ceiling - ERM) per seed, from finished reports."""
+    from benchmarks.compare import gap_rows, render, run_args, run_all, summarise
+
+    args = run_args("ceiling", 1, quick=False)
+    assert "+augment=none" in args and "seed=1" in args
+    planted = next(a for a in args if a.startswith("data.planted="))
+    assert "cls:star,attribute:background,value:grass,rate:0.166667" in planted  # 1 of 6 backgrounds
+    star = {("none", 0): 0.1, ("none", 1): 0.3, ("ceiling", 0): 0.9, ("ceiling", 1): 0.7,
+            ("failure_diffusion", 0): 0.8, ("failure_diffusion", 1): 0.7}
+    for (method, seed), acc in star.items():
+        report = _fake_report([])
+        report["metrics"]["test"]["per_group"] = {"star|grass": acc}
+        folder = tmp_path / "runs" / method / f"seed{seed}" / "report"
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_text(json.dumps(report))
+    summary = summarise(run_all(["none", "failure_diffusion", "ceiling"], [0, 1], tmp_path / "runs", False, 1), [0, 1])
+    (row,) = gap_rows(summary)
+    assert row["method"] == "failure_diffusion" and row["group"] == "star|grass"
+    assert row["gap_closed"] == pytest.approx({"0": 7 / 8, "1": 1.0}) and row["mean"] == pytest.approx(15 / 16)
+    assert "| failure_diffusion | star\\|grass | 88% | 100% | 94% |" in render(tmp_path / "out", "c", summary, [])
 
 
 def test_embedding_baseline_is_open_clips_own_path(tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,6 +106,31 @@ def test_near_duplicates_are_dropped_within_batch_and_against_the_pool():
     assert keep.tolist() == [True, True, False, True]
     keep, _ = NearDuplicateFilter(max_similarity=0.98)(c, pool_emb=c.image_emb[3:4])
     assert keep.tolist() == [True, True, False, False]
+
+
+def test_an_auto_near_duplicate_threshold_is_as_close_as_real_images_of_a_class_get():
+    """Real images: class 0 in pairs at cosine 0.9 and 0.5, class 1 at 0.7; the threshold is the chosen quantile of
+    each image's nearest same-class cosine, and generated images are judged against it."""
+    def unit(angle):
+        return torch.tensor([math.cos(angle), math.sin(angle), 0.0])
+
+    real = torch.stack([unit(0.0), unit(math.acos(0.9)), unit(2.0), unit(2.0 + math.acos(0.5)),
+                        unit(0.3), unit(0.3 + math.acos(0.7))])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    f = NearDuplicateFilter("auto", real_quantile=1.0)
+    with pytest.raises(RuntimeError, match="calibrate"):
+        f(candidates())
+    assert f.calibrate(real, labels) == pytest.approx(0.9, abs=1e-5)  # the closest real pair
+    assert NearDuplicateFilter("auto", real_quantile=0.5).calibrate(real, labels) == pytest.approx(0.7, abs=1e-5)
+    c = candidates()
+    c.image_emb = torch.stack([unit(0.0), unit(math.acos(0.95)), unit(1.0), unit(1.0 + math.acos(0.85))])
+    keep, _ = f(c)
+    assert keep.tolist() == [True, False, True, True]  # 0.95 is closer than any real pair; 0.85 is not
+    with pytest.raises(ValueError, match="two real images"):
+        NearDuplicateFilter("auto").calibrate(real[:2], torch.tensor([0, 1]))
+    assert NearDuplicateFilter("auto", max_real=3).calibration_sample(10) == \
+        NearDuplicateFilter("auto", max_real=3).calibration_sample(10)  # seeded: the same on every rank and resume
+    assert len(set(NearDuplicateFilter("auto", max_real=3).calibration_sample(10))) == 3
 
 
 def test_apply_filters_reports_the_first_rejecting_filter():

@@ -86,6 +86,19 @@ def test_target_kept_generates_waves_until_it_keeps_enough_and_injects_exactly_t
     assert [r["id"] for r in again.records] == [r["id"] for r in result.records] and again.stats["made_now"] == 0
 
 
+def test_the_generation_cap_is_a_ratio_of_the_kept_target_and_stops_short_rounds(tmp_path):
+    """Keeping every third image, a cap of 2 per kept stops the round at 20 generated with 7 kept (short of 10)."""
+    remedy = Text2ImageRemedy(NoiseBackend(), {"every_third": KeepEveryThird()}, output_dir=str(tmp_path),
+                              images_per_round=12, target_kept=10, max_generated_per_kept=2, batch_size=8)
+    assert remedy.max_generated == 20
+    result = remedy(Round(0, 0, [mode(0, "star")]), context(progress=False))
+    assert result.stats["generated"] == 20 and len(result.records) == result.stats["kept"] < 10
+    with pytest.raises(ValueError, match="max_generated=5 is below remedy.target_kept=10"):
+        Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path), target_kept=10, max_generated=5)
+    with pytest.raises(ValueError, match="max_generated_per_kept"):
+        Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path), target_kept=10, max_generated_per_kept=0.5)
+
+
 def test_without_target_kept_one_wave_is_made_and_everything_kept_is_injected(tmp_path):
     remedy = Text2ImageRemedy(NoiseBackend(), {"every_third": KeepEveryThird()}, output_dir=str(tmp_path),
                               images_per_round=12, batch_size=8)

@@ -3,7 +3,7 @@ filter, record in the manifest, and inject what was kept (CLIP-aided description
 contexts, Chegini & Feizi 2023; classifier-probability pruning of generated samples).
 
 The round is generated in waves: the first has `images_per_round` images; with `target_kept` set, further waves
-(sized from the keep rate so far, at most `max_generated` images in all) run until the round keeps that many,
+(sized from the keep rate so far, at most `max_generated_per_kept` x `target_kept` images in all) run until the round keeps that many,
 and exactly `target_kept` are injected, so methods are compared at equal injected images. Every wave's plan is
 written before its first image, so a killed round resumes exactly (blindspot.generation.rounds).
 """
@@ -23,6 +23,7 @@ from ..generation.manifest import manifest_path, read_manifest
 from ..generation.rounds import (GenerationFailedError, PlanItem, RoundRunner, RoundStats, load_plan, plan_round,
                                  remove_strays, save_plan)
 from ..images import load_image
+from ..loop import Split
 from .base import RemedyContext, RemedyResult, check_writable
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Text2ImageRemedy:
 
     def __init__(self, generator, filters: dict | None = None, output_dir: str = "generated",
                  images_per_round: int = 256, target_kept: int | None = None, max_generated: int | None = None,
+                 max_generated_per_kept: float = 2.0,
                  prompts=None, verify=None, prompts_per_mode: int = 2, caption_weighting: str = "score",
                  prompt_template: str = "{caption}", untargeted: bool = False,
                  untargeted_template: str = "a photo of a {cls}", batch_size: int = 64,
@@ -46,6 +48,13 @@ class Text2ImageRemedy:
                              "(use +augment=none to train without generated images)")
         if target_kept is not None and target_kept < 1:
             raise ValueError(f"remedy.target_kept={target_kept}: must be >= 1, or null to inject whatever is kept")
+        if target_kept is not None and max_generated is not None and max_generated < target_kept:
+            raise ValueError(f"remedy.max_generated={max_generated} is below remedy.target_kept={target_kept}: a round "
+                             "could never keep that many; raise it, or set it to null to use "
+                             "remedy.max_generated_per_kept")
+        if max_generated_per_kept < 1:
+            raise ValueError(f"remedy.max_generated_per_kept={max_generated_per_kept}: must be >= 1 (each kept image "
+                             "is generated)")
         if not 0.0 <= max_failure_fraction <= 1.0:
             raise ValueError(f"remedy.max_failure_fraction={max_failure_fraction}: must be in [0, 1]")
         if caption_weighting not in CAPTION_WEIGHTINGS:
@@ -56,7 +65,8 @@ class Text2ImageRemedy:
         self.filters = [f for f in (filters or {}).values() if f is not None]
         self.output_dir = Path(output_dir)
         self.images_per_round, self.target_kept = images_per_round, target_kept
-        self.max_generated = max_generated or (4 * target_kept if target_kept else images_per_round)
+        self.max_generated = max_generated or (math.ceil(max_generated_per_kept * target_kept) if target_kept
+                                               else images_per_round)
         self.prompts_per_mode, self.caption_weighting, self.prompt_template = (prompts_per_mode, caption_weighting,
                                                                               prompt_template)
         self.untargeted, self.untargeted_template = untargeted, untargeted_template
@@ -86,6 +96,23 @@ class Text2ImageRemedy:
             return c
 
         return judge
+
+    def calibrate_filters(self, context: RemedyContext) -> dict[str, float]:
+        """Filters that set thresholds from the real training images do it now (once; the same on every rank)."""
+        out = {}
+        for f in self.filters:
+            if getattr(f, "auto", False) and hasattr(f, "calibrate"):
+                train = context.train()
+                if train is None:
+                    raise ValueError(f"filters.{f.name}: auto needs the real training images and this datamodule "
+                                     "gives none; set a number instead")
+                split, labels = train
+                idx = f.calibration_sample(split.n)
+                sample = Split(len(idx), lambda i: split.images([idx[k] for k in i]), f"{split.fingerprint}-{len(idx)}")
+                out[f.name] = f.calibrate(context.embed(sample), labels[idx])
+                f.auto = False  # calibrated for this run: the training images do not change
+                log.info("filters.%s: threshold %.4f from %d real training images", f.name, out[f.name], len(idx))
+        return out
 
     def prior_kept_embeddings(self, context: RemedyContext, round_index: int, wave: int) -> torch.Tensor | None:
         """CLIP embeddings of images kept before this rank's next item (the near-duplicate filter's memory)."""
@@ -167,6 +194,7 @@ class Text2ImageRemedy:
         runner = RoundRunner(self.backend(context, labels), self.filters, self.judge(context), self.batch_size,
                              self.max_failure_fraction, context.progress and context.is_main)
         total, order, wave = RoundStats(), {}, 0
+        thresholds = self.calibrate_filters(context)
         modes, probes = self.verified(rnd, context) if context.is_main else (None, [])
         while wave < self.max_waves:
             plan_file = self._plan_file(round_dir, wave)
@@ -192,6 +220,8 @@ class Text2ImageRemedy:
             remove_strays(round_dir / "images", {self._item_path(round_dir, i) for i in order})
         result = self._result(rnd, context, total, order)
         result.stats["probes"] = context.broadcast(probes)
+        result.stats["filter_thresholds"] = {f.name: f.max_similarity for f in self.filters
+                                             if hasattr(f, "calibrate")} | thresholds
         result.stats["modes_verified"] = context.broadcast(len(modes) if modes is not None else 0)
         return result
 
