@@ -13,6 +13,7 @@ import fcntl
 import functools
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = ("resume",)  # how a run was started (a resume of its own folder), not what it trains
+_HYDRA = threading.Lock()  # Hydra's compose API is one global state: sweeps compose from several threads
 
 
 class RunInUseError(RuntimeError):
@@ -33,12 +35,13 @@ def composed_config(args: tuple[str, ...]) -> str:
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return settings(compose(config_name="train", overrides=overrides))
-    finally:
+    with _HYDRA:
         GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+                return settings(compose(config_name="train", overrides=overrides))
+        finally:
+            GlobalHydra.instance().clear()
 
 
 def settings(cfg) -> str:

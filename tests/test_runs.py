@@ -54,3 +54,14 @@ def test_a_folder_being_run_cannot_be_claimed_twice(tmp_path):
                 pass
     with claimed(out):  # released when the first run ends
         pass
+
+
+def test_sweep_threads_can_compose_at_the_same_time():
+    """benchmarks.compare/suite judge runs from several worker threads; Hydra's compose state is global."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    composed_config.cache_clear()
+    args = [tuple(ARGS[:-1] + [f"trainer.max_epochs={e}"]) for e in range(4, 10)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        configs = list(pool.map(composed_config, args))
+    assert [OmegaConf.create(c).trainer.max_epochs for c in configs] == list(range(4, 10))
