@@ -26,7 +26,8 @@ from blindspot.world.spec import WorldSpec
 from .common import machine, table_cell, write
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RUNS = sorted((ROOT / "outputs" / "compare" / "full").glob("*_diffusion/seed*"))
+DEFAULT_RUNS = sorted(p for p in (ROOT / "outputs" / "compare" / "full").glob("*_diffusion/seed*")
+                      if p.name[4:].isdigit())  # not the retired <seed>.stale-<time> folders
 
 
 def judge_run(run: Path, oracle, spec: WorldSpec) -> list[dict]:
