@@ -175,11 +175,13 @@ def gap_rows(summary: dict) -> list[dict]:
         return []
     rows = []
     for method, s in summary.items():
+        if method in ("none", CEILING):
+            continue
         for group, accs in (s.get("blind_spots") or {}).items():
             gaps = {seed: (a - base[group][seed]) / (top[group][seed] - base[group][seed])
                     for seed, a in accs.items() if a is not None and base[group].get(seed) is not None
                     and top[group].get(seed) is not None and top[group][seed] > base[group][seed]}
-            if method not in ("none", CEILING) and gaps:
+            if gaps:
                 rows.append({"method": method, "group": group, "gap_closed": gaps,
                              "mean": statistics.mean(gaps.values())})
     return rows

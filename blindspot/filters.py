@@ -92,9 +92,13 @@ class NearDuplicateFilter:
             raise ValueError(f"filters.near_duplicate.max_similarity={max_similarity}: a cosine in [-1, 1], or auto")
         if not 0.0 < real_quantile <= 1.0:
             raise ValueError(f"filters.near_duplicate.real_quantile={real_quantile}: must be in (0, 1]")
-        self.auto = max_similarity == "auto"
-        self.max_similarity = None if self.auto else float(max_similarity)
+        self.max_similarity = None if max_similarity == "auto" else float(max_similarity)  # None: not calibrated
         self.real_quantile, self.max_real = real_quantile, max_real
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the threshold is known (a number was given, or calibrate() has run)."""
+        return self.max_similarity is not None
 
     def calibration_sample(self, n: int) -> list[int]:
         """Which training images calibrate the threshold: all, or `max_real` of them drawn with a fixed seed."""
@@ -118,7 +122,7 @@ class NearDuplicateFilter:
         return self.max_similarity
 
     def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
-        if self.max_similarity is None:
+        if not self.calibrated:
             raise RuntimeError("filters.near_duplicate.max_similarity=auto: calibrate() on real images first")
         emb = F.normalize(c.image_emb, dim=-1)
         keep = torch.ones(len(emb), dtype=torch.bool)

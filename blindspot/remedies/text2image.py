@@ -97,11 +97,10 @@ class Text2ImageRemedy:
 
         return judge
 
-    def calibrate_filters(self, context: RemedyContext) -> dict[str, float]:
+    def calibrate_filters(self, context: RemedyContext) -> None:
         """Filters that set thresholds from the real training images do it now (once; the same on every rank)."""
-        out = {}
         for f in self.filters:
-            if getattr(f, "auto", False) and hasattr(f, "calibrate"):
+            if hasattr(f, "calibrate") and not f.calibrated:
                 train = context.train()
                 if train is None:
                     raise ValueError(f"filters.{f.name}: auto needs the real training images and this datamodule "
@@ -109,10 +108,8 @@ class Text2ImageRemedy:
                 split, labels = train
                 idx = f.calibration_sample(split.n)
                 sample = Split(len(idx), lambda i: split.images([idx[k] for k in i]), f"{split.fingerprint}-{len(idx)}")
-                out[f.name] = f.calibrate(context.embed(sample), labels[idx])
-                f.auto = False  # calibrated for this run: the training images do not change
-                log.info("filters.%s: threshold %.4f from %d real training images", f.name, out[f.name], len(idx))
-        return out
+                threshold = f.calibrate(context.embed(sample), labels[idx])
+                log.info("filters.%s: threshold %.4f from %d real training images", f.name, threshold, len(idx))
 
     def prior_kept_embeddings(self, context: RemedyContext, round_index: int, wave: int) -> torch.Tensor | None:
         """CLIP embeddings of images kept before this rank's next item (the near-duplicate filter's memory)."""
@@ -194,7 +191,7 @@ class Text2ImageRemedy:
         runner = RoundRunner(self.backend(context, labels), self.filters, self.judge(context), self.batch_size,
                              self.max_failure_fraction, context.progress and context.is_main)
         total, order, wave = RoundStats(), {}, 0
-        thresholds = self.calibrate_filters(context)
+        self.calibrate_filters(context)
         modes, probes = self.verified(rnd, context) if context.is_main else (None, [])
         while wave < self.max_waves:
             plan_file = self._plan_file(round_dir, wave)
@@ -220,8 +217,7 @@ class Text2ImageRemedy:
             remove_strays(round_dir / "images", {self._item_path(round_dir, i) for i in order})
         result = self._result(rnd, context, total, order)
         result.stats["probes"] = context.broadcast(probes)
-        result.stats["filter_thresholds"] = {f.name: f.max_similarity for f in self.filters
-                                             if hasattr(f, "calibrate")} | thresholds
+        result.stats["filter_thresholds"] = {f.name: f.max_similarity for f in self.filters if hasattr(f, "calibrate")}
         result.stats["modes_verified"] = context.broadcast(len(modes) if modes is not None else 0)
         return result
 
