@@ -32,14 +32,17 @@ from .runs import claimed, reusable_report
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "dfr_discovered", "retrieval",
-           "untargeted_diffusion", "failure_diffusion", "ceiling"]
+           "untargeted_diffusion", "failure_diffusion", "failure_edit", "ceiling"]
 CEILING = "ceiling"  # ERM with the world's blind spots filled by real renders at their natural rate
 QUICK = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
          "trainer.max_epochs=2", "loop.start_epoch=1", "remedy.images_per_round=8", "generator.num_inference_steps=2",
+         "editor.num_inference_steps=2",
          "discovery.min_support=3", "discovery.min_error_gap=0.0", "callbacks.jtt.identification_epochs=1"]
-LOOP = {"group_dro_discovered", "dfr_discovered", "retrieval", "untargeted_diffusion", "failure_diffusion"}
+LOOP = {"group_dro_discovered", "dfr_discovered", "retrieval", "untargeted_diffusion", "failure_diffusion",
+        "failure_edit"}
 GENERATION = {"untargeted_diffusion", "failure_diffusion"}
-ONLY = {"callbacks.jtt": {"jtt"}, "remedy.images_per_round": GENERATION | {"retrieval"}, "generator": GENERATION,
+ONLY = {"callbacks.jtt": {"jtt"}, "remedy.images_per_round": GENERATION | {"retrieval", "failure_edit"},
+        "generator": GENERATION, "editor": {"failure_edit"},
         "loop": LOOP, "discovery": LOOP}  # override prefix -> the methods whose config has it
 
 
@@ -110,7 +113,7 @@ def _run_claimed(method: str, seed: int, out: Path, quick: bool, threads: int | 
     return data
 
 
-SLOW_FIRST = ["failure_diffusion", "untargeted_diffusion", "jtt", "retrieval"]
+SLOW_FIRST = ["failure_diffusion", "failure_edit", "untargeted_diffusion", "jtt", "retrieval"]
 
 
 def run_all(methods: list[str], seeds: list[int], out: Path, quick: bool, workers: int) -> dict[str, list[dict]]:

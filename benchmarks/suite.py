@@ -300,20 +300,22 @@ def evaluate(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld],
         for s in w.slices(spec):
             acc = {m: _mean([slice_accuracy(r, s) for r in reports.get((w.name, m), [])]) for m in methods}
             erm, ceiling = acc.get(cfg.baseline), acc.get(CEILING)
-            found, hit = {}, {}
+            found, hit, handed = {}, {}, {}
             for m in methods:
                 scores = [discovery_of(r, s["group"]) for r in reports.get((w.name, m), [])]
                 scores = [d for d in scores if d is not None]
                 if scores:
                     found[m] = _mean([float(bool(d.get("found"))) for d in scores])
                     hit[m] = _mean([float(bool(d.get("caption_hit"))) for d in scores])
+                    if all("handed" in d for d in scores):  # reports from before 2026-12-02 07:00 lack it
+                        handed[m] = _mean([float(bool(d["handed"])) for d in scores])
             slices.append({"id": f"{w.name}:{s['group']}", "world": w.name, "group": s["group"],
                            "class": s["class"], "attribute": s["attribute"], "value": s["value"],
                            "rate": s["rate"], "shortcut": s["shortcut"], "groups": s["groups"], "accuracy": acc,
                            "status": slice_status(erm, thresholds),
                            "gap_closed": {m: gap_closed(acc.get(m), erm, ceiling, thresholds["min_gap"])
                                           for m in repaired},
-                           "found": found, "caption_hit": hit})
+                           "found": found, "caption_hit": hit, "handed": handed})
     return {"slices": slices, "per_world": per_world,
             "summary": summarise(cfg, slices, per_world, repaired, thresholds)}
 
@@ -334,8 +336,9 @@ def summarise(cfg: DictConfig, slices: list[dict], per_world: list[dict], repair
     scored = [s for s in slices if s["status"] in (STATUS_FAILED, STATUS_PARTLY) and who in s["found"]]
 
     def rate(key: str) -> dict:
-        hits = sum(s[key][who] for s in scored)
-        return {"method": who, "hits": hits, "of": len(scored), "rate": hits / len(scored) if scored else None}
+        have = [s for s in scored if who in s.get(key, {})]
+        hits = sum(s[key][who] for s in have)
+        return {"method": who, "hits": hits, "of": len(have), "rate": hits / len(have) if have else None}
 
     controls = {}
     for row in (r for r in per_world if r["control"]):
@@ -345,6 +348,7 @@ def summarise(cfg: DictConfig, slices: list[dict], per_world: list[dict], repair
             if erm is not None and wga is not None:
                 controls.setdefault(m, []).append({"world": row["world"], "delta": wga - erm})
     return {"methods": methods, "found_in_top_k": rate("found"), "caption_hit": rate("caption_hit"),
+            "found_in_handed": rate("handed"),
             "not_failed_by_erm": [s["id"] for s in slices if s["status"] == STATUS_NOT_FAILED],
             "partly_failed": [s["id"] for s in slices if s["status"] == STATUS_PARTLY],
             "failed_by_erm": [s["id"] for s in failed],
@@ -380,11 +384,14 @@ def markdown(result: dict) -> str:
         lines.append(f"- {m}: gap to the ceiling closed on the {s['slices']} of {s['of']} slices ERM fails "
                      f"(< {th['fails_below']:.0%}): mean {_pct(s['gap_closed_mean'])}, min "
                      f"{_pct(s['gap_closed_min'])}{worst}{goal}{undefined}")
-    for key, goal, what in (("found_in_top_k", "95%", "found in the top-k modes"),
-                            ("caption_hit", "90%", "caption hit")):
-        r = summary[key]
+    for key, goal, what in (("found_in_top_k", "95%", "found in the top-k modes (k = the world's blind spots)"),
+                            ("caption_hit", "90%", "caption hit"),
+                            ("found_in_handed", None, "found among all the modes handed to the remedy")):
+        r = summary.get(key)
+        if r is None or not r["of"]:
+            continue
         lines.append(f"- {what} ({r['method']}'s first round), slices ERM fails (< {th['not_failed_at']:.0%}): "
-                     f"{r['hits']:g} of {r['of']} = {_pct(r['rate'])} (goal ≥ {goal})")
+                     f"{r['hits']:g} of {r['of']} = {_pct(r['rate'])}" + (f" (goal ≥ {goal})" if goal else ""))
     for m, c in summary["controls"].items():
         deltas = ", ".join(f"{d['world']} {d['delta'] * 100:+.1f} pts" for d in c["worlds"])
         lines.append(f"- control worlds, worst-group vs ERM, {m}: {deltas} "
@@ -394,14 +401,14 @@ def markdown(result: dict) -> str:
                      + ", ".join(map(table_cell, summary["not_failed_by_erm"])))
     lines += ["", "## Per planted slice: test accuracy, ERM → each method → ceiling", "",
               "| world | slice | train rate | shortcut | " + " | ".join(heads) + " | "
-              + " | ".join(f"gap closed {m}" for m in repaired) + " | found | caption hit | ERM |",
-              "|---|---|---|---|" + "---|" * (len(methods) + 1 + len(repaired) + 3)]
+              + " | ".join(f"gap closed {m}" for m in repaired) + " | found | caption hit | handed | ERM |",
+              "|---|---|---|---|" + "---|" * (len(methods) + 1 + len(repaired) + 4)]
     who = summary["found_in_top_k"]["method"]
     for s in result["slices"]:
         cells = [_pct(s["accuracy"].get(m)) for m in methods + [CEILING]]
         cells += [_pct(s["gap_closed"].get(m)) for m in repaired]
-        found, hit = s["found"].get(who), s["caption_hit"].get(who)
-        cells += [_pct(found), _pct(hit), s["status"] or "–"]
+        found, hit, handed = s["found"].get(who), s["caption_hit"].get(who), s.get("handed", {}).get(who)
+        cells += [_pct(found), _pct(hit), _pct(handed), s["status"] or "–"]
         lines.append(f"| {s['world']} | {table_cell(s['group'])} | {s['rate']:g} | {s['shortcut'] or 'no'} | "
                      + " | ".join(cells) + " |")
     lines += ["", "## Per world: test average / worst-group accuracy", "",

@@ -19,6 +19,14 @@ class Candidates:
     prompt_emb: torch.Tensor | None = None  # CLIP text embeddings of the prompts [n, d]
     class_emb: torch.Tensor | None = None  # CLIP zero-shot class prototypes [k, d]
     probs: torch.Tensor | None = None  # current classifier's class probabilities [n, k]
+    contrast: torch.Tensor | None = None  # bool [n]: contrast images (the confusable class in the mode's context)
+
+
+def seeded_subset(n: int, k: int) -> list[int]:
+    """All of range(n), or k of its indices drawn with a fixed seed (sorted)."""
+    if n <= k:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].tolist())
 
 
 class DegenerateFilter:
@@ -62,7 +70,8 @@ class ClipAlignmentFilter:
 
 class ClassifierConfidenceFilter:
     """Drops images the current classifier already gets right with high confidence (nothing to learn), and
-    optionally those it finds very unlike the target class (T2I counterfactual pruning)."""
+    optionally those it finds very unlike the target class (T2I counterfactual pruning). Contrast images are
+    exempt from the first rule: they are there to keep their class beside the failing one, right or not."""
 
     name, needs = "classifier", frozenset({"classifier"})
 
@@ -73,7 +82,10 @@ class ClassifierConfidenceFilter:
 
     def __call__(self, c: Candidates, pool_emb: torch.Tensor | None = None):
         p = c.probs.gather(1, c.labels.view(-1, 1)).flatten()
-        keep = (p <= self.max_confidence) & (p >= self.min_confidence)
+        easy = p > self.max_confidence
+        if c.contrast is not None:
+            easy &= ~c.contrast.to(easy.device)
+        keep = ~easy & (p >= self.min_confidence)
         return keep, {"target_prob": p}
 
 
@@ -99,12 +111,6 @@ class NearDuplicateFilter:
     def calibrated(self) -> bool:
         """Whether the threshold is known (a number was given, or calibrate() has run)."""
         return self.max_similarity is not None
-
-    def calibration_sample(self, n: int) -> list[int]:
-        """Which training images calibrate the threshold: all, or `max_real` of them drawn with a fixed seed."""
-        if n <= self.max_real:
-            return list(range(n))
-        return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(0))[: self.max_real].tolist())
 
     def calibrate(self, real_emb: torch.Tensor, real_labels: torch.Tensor) -> float:
         """Set the threshold from real images' nearest same-class neighbour cosines; returns it."""

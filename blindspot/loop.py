@@ -116,6 +116,8 @@ class FailureLoop:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         modes = self.discovery(embeddings, labels, preds, list(class_names))[: self.max_modes]
+        for m in modes:
+            m.set_confusions(preds, labels, list(class_names))
         seconds["discover"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.captioner(modes, self.clip.encode_texts, embeddings, labels)

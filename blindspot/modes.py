@@ -22,6 +22,7 @@ class FailureMode:
     direction: list[float] | None = None  # unit failure direction in CLIP space (directions method)
     captions: list[tuple[str, float]] = field(default_factory=list)  # ranked (caption, score)
     round: int = 0  # discovery round that found it
+    confused_with: list[dict] = field(default_factory=list)  # classes its errors were predicted as, most first
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts (e.g. SVM C, CV accuracy)
 
     @property
@@ -41,6 +42,16 @@ class FailureMode:
         d["support"] = self.support
         d["caption"] = self.caption
         return d
+
+    def set_confusions(self, preds, labels, class_names) -> None:
+        """Record which classes the mode's wrong members were predicted as ({class_index, class_name, errors})."""
+        counts: dict[int, int] = {}
+        for i in self.members:
+            p, y = int(preds[i]), int(labels[i])
+            if p != y:
+                counts[p] = counts.get(p, 0) + 1
+        self.confused_with = [{"class_index": c, "class_name": class_names[c], "errors": n}
+                              for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
     @classmethod
     def from_dict(cls, d: dict) -> "FailureMode":

@@ -244,9 +244,10 @@ class FailureReport(Callback):
         if member_file.is_file():
             out["thumbnail"] = f"thumbs/{member_file.name}"
         injected = [r for r in getattr(trainer.datamodule, "synthetic", []) if r.get("mode_id") == mode.mode_id]
+        shown = sorted(injected, key=lambda r: r.get("role") == "contrast")[:n]  # the mode's own class first
         target = thumbs / f"{mode.mode_id}-generated.png"
-        if injected and not target.is_file():
-            save_grid(torch.stack([load_image(r["path"]) for r in injected[:n]]), target)
+        if shown and not target.is_file():
+            save_grid(torch.stack([load_image(r["path"]) for r in shown]), target)
         if target.is_file():
             out["generated_thumbnail"] = f"thumbs/{target.name}"
         rejected = thumbs / f"{mode.mode_id}-rejected.png"
@@ -256,6 +257,7 @@ class FailureReport(Callback):
         if rejected.is_file():
             out["rejected_thumbnail"] = f"thumbs/{rejected.name}"
         out["images_kept"] = len(injected)
+        out["images_contrast"] = sum(r.get("role") == "contrast" for r in injected)
         if "generated" in made:
             out["images_planned"] = made["generated"]
         return out

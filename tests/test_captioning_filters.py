@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from blindspot.captioning import Captioner, Vocabulary, load_vocabulary, world_vocabulary
 from blindspot.filters import (Candidates, ClassifierConfidenceFilter, ClipAlignmentFilter, DegenerateFilter,
-                               NearDuplicateFilter, apply_filters)
+                               NearDuplicateFilter, apply_filters, seeded_subset)
 from blindspot.modes import FailureMode
 
 DIM = 64
@@ -91,6 +91,13 @@ def test_classifier_filter_drops_confidently_right_images():
         ClassifierConfidenceFilter(max_confidence=0.2, min_confidence=0.5)
 
 
+def test_contrast_images_are_kept_though_the_classifier_gets_them_right():
+    c = candidates()
+    c.contrast = torch.tensor([True, False, True, False])
+    keep, _ = ClassifierConfidenceFilter(max_confidence=0.95, min_confidence=0.3)(c)
+    assert keep.tolist() == [True, True, False, True]  # image 0 (p=0.99) stays; min_confidence still applies
+
+
 def test_clip_filter_requires_the_target_class():
     c = candidates()
     keep, scores = ClipAlignmentFilter(require_class_match=True)(c)
@@ -128,9 +135,8 @@ def test_an_auto_near_duplicate_threshold_is_as_close_as_real_images_of_a_class_
     assert keep.tolist() == [True, False, True, True]  # 0.95 is closer than any real pair; 0.85 is not
     with pytest.raises(ValueError, match="two real images"):
         NearDuplicateFilter("auto").calibrate(real[:2], torch.tensor([0, 1]))
-    assert NearDuplicateFilter("auto", max_real=3).calibration_sample(10) == \
-        NearDuplicateFilter("auto", max_real=3).calibration_sample(10)  # seeded: the same on every rank and resume
-    assert len(set(NearDuplicateFilter("auto", max_real=3).calibration_sample(10))) == 3
+    assert seeded_subset(10, 3) == seeded_subset(10, 3)  # the calibration sample: the same on every rank and resume
+    assert len(set(seeded_subset(10, 3))) == 3 and seeded_subset(2, 3) == [0, 1]
 
 
 def test_apply_filters_reports_the_first_rejecting_filter():

@@ -239,3 +239,18 @@ def test_class_batches_cover_every_sample_once():
         assert b.index.numel() <= 6
         for row, c in enumerate(b.classes.tolist()):
             assert (labels[b.index[row][b.valid[row]]] == c).all() and int(b.valid[row].sum()) == int(b.sizes[row])
+
+
+def test_score_discovery_ranks_each_planted_slice_among_the_handed_modes():
+    from blindspot.groundtruth import score_discovery
+
+    names = ["cow|beach", "cow|grass", "bird|sky"]
+    val_groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    modes = [FailureMode(1, "bird", [5, 6, 7], 0.9, 0.2, 3.0, captions=[("a bird in the sky", 1.0)]),
+             FailureMode(0, "cow", [0, 1, 2, 3], 0.8, 0.2, 2.0, captions=[("a cow on a beach", 1.0)])]
+    planted = [{"group": "cow|beach", "class": "cow", "value": "beach"}]
+    (p,) = score_discovery(modes, planted, val_groups, names)["planted"]
+    assert (p["found"], p["caption_hit"]) == (False, False)  # k = 1: only the bird mode is in the top-k
+    assert (p["rank"], p["handed"], p["handed_caption_hit"]) == (1, True, True)
+    (p,) = score_discovery(modes[1:], planted, val_groups, names)["planted"]
+    assert (p["found"], p["caption_hit"], p["rank"]) == (True, True, 0)

@@ -12,6 +12,7 @@ from blindspot.generation.backends import GenerationOutput
 from blindspot.generation.manifest import append_records, manifest_path, read_manifest, read_records
 from blindspot.generation.rounds import (GenerationFailedError, RoundRunner, load_plan, plan_round, remove_strays,
                                          save_plan, split_budget)
+from blindspot.generation.contrast import swap_class
 from blindspot.images import load_image
 from blindspot.modes import FailureMode
 
@@ -61,6 +62,45 @@ def test_plan_is_deterministic_with_unique_ids_and_seeds(tmp_path):
     save_plan(tmp_path / "plan.json", a, modes())
     items, ms = load_plan(tmp_path / "plan.json")
     assert items == a and [m.mode_id for m in ms] == ["c0-0", "c1-0"]
+
+
+def confused_modes():
+    ms = modes()
+    labels = torch.full((6,), 0)
+    ms[0].members = [0, 1, 2, 3]
+    ms[0].set_confusions(torch.tensor([2, 2, 2, 1, 0, 0]), labels, ["c0", "c1", "c2"])
+    return ms
+
+
+def test_a_mode_records_which_classes_its_errors_went_to():
+    m = confused_modes()[0]
+    assert m.confused_with == [{"class_index": 2, "class_name": "c2", "errors": 3},
+                               {"class_index": 1, "class_name": "c1", "errors": 1}]
+    assert FailureMode.from_dict(m.to_dict()).confused_with == m.confused_with
+
+
+def test_contrast_images_show_the_confused_classes_in_the_same_contexts(tmp_path):
+    plain = plan_round(confused_modes(), 41, 0, 7, str(tmp_path))
+    items = plan_round(confused_modes(), 41, 0, 7, str(tmp_path), contrast=0.25)
+    assert len(items) == 41 and len({i.id for i in items}) == 41 and len({i.seed for i in items}) == 41
+    contrast = [i for i in items if i.role == "contrast"]
+    assert sum(i.mode_id == "c0-0" for i in items) == 27  # 1 each, then 2 : 1 by score, as without contrast
+    assert len(contrast) == 7 and {i.mode_id for i in contrast} == {"c0-0"}  # mode c1 has no recorded confusions
+    assert [i.label for i in contrast].count(2) == 5 and [i.label for i in contrast].count(1) == 2  # errors 3 : 1
+    assert {i.prompt for i in contrast if i.label == 2} == {"a c2 on water", "a small c2"}
+    assert all(i.class_name == f"c{i.label}" for i in items)
+    assert [i.label for i in plain if i.mode_id == "c1-0"] == [i.label for i in items if i.mode_id == "c1-0"]
+    assert plan_round(confused_modes(), 41, 0, 7, str(tmp_path), contrast=0.0) == plain
+    untargeted = plan_round(confused_modes(), 41, 0, 7, str(tmp_path), untargeted=True, contrast=0.25)
+    assert all(i.role == "target" for i in untargeted)
+    with pytest.raises(ValueError, match="contrast"):
+        plan_round(confused_modes(), 41, 0, 7, str(tmp_path), contrast=1.0)
+
+
+def test_swap_class_names_the_other_class_with_a_matching_article():
+    assert swap_class("a photo of a small star on grass", "star", "cross") == "a photo of a small cross on grass"
+    assert swap_class("a photo of a star", "star", "owl") == "a photo of an owl"
+    assert swap_class("a starfish beside a star", "star", "cat") == "a starfish beside a cat"
 
 
 def test_a_modes_images_follow_its_caption_scores(tmp_path):
@@ -137,3 +177,18 @@ def test_nan_images_are_filtered_and_counted(tmp_path):
     kept = [r for r in read_manifest(tmp_path) if r["kept"]]
     assert all(r["prompt"] != items[0].prompt for r in kept)
     assert json.loads(json.dumps(read_manifest(tmp_path)))  # records are plain JSON
+
+
+def test_a_confused_class_that_already_fills_the_failure_context_gets_no_contrast_images():
+    from blindspot.generation.contrast import ContextCounts
+
+    mode = confused_modes()[0]  # class c0; errors went to c2 (3) and c1 (1)
+    reads = {"c0": [{"place": "on water"}] * 2 + [{"place": "on sand"}] * 8,
+             "c1": [{"place": "on water"}] * 2 + [{"place": "on sand"}] * 8,
+             "c2": [{"place": "on water"}] * 9 + [{"place": "on sand"}] * 1}  # c2's shortcut: water
+    counts = ContextCounts(reads, scale=10.0)
+    assert counts.count("c2", "place", "on water") == 90.0
+    view = counts.prune(mode, ("place", "on water"), planned=30)  # c0 on water: 20 real + 30 planned < 90
+    assert [c["class_name"] for c in view.confused_with] == ["c1"] and len(mode.confused_with) == 2
+    assert counts.prune(mode, ("place", "on water"), planned=100) is mode  # 120 > 90: both kept
+    assert counts.prune(mode, None, planned=30) is mode  # context unknown (a caption not from the vocabulary)

@@ -99,6 +99,28 @@ def test_the_generation_cap_is_a_ratio_of_the_kept_target_and_stops_short_rounds
         Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path), target_kept=10, max_generated_per_kept=0.5)
 
 
+class KeepContrastAndEveryThird(KeepEveryThird):
+    """Keeps every contrast image and one in three of the rest (contrast images pass more often, as in use)."""
+
+    def __call__(self, candidates, pool_emb=None):
+        keep, _ = super().__call__(candidates)
+        return [k or bool(c) for k, c in zip(keep, candidates.contrast.tolist())], {}
+
+
+def test_contrast_images_show_the_confused_class_and_stay_within_their_share(tmp_path):
+    star = mode(0, "star")
+    star.set_confusions(torch.tensor([1, 1, 0]), torch.tensor([0, 0, 0]), ["star", "cross"])
+    remedy = Text2ImageRemedy(NoiseBackend(), {"f": KeepContrastAndEveryThird()}, output_dir=str(tmp_path),
+                              images_per_round=24, target_kept=12, max_generated=200, batch_size=8, contrast=0.5)
+    result = remedy(Round(0, 0, [star]), context(progress=False))
+    contrast = [r for r in result.records if r["role"] == "contrast"]
+    assert len(result.records) == 12 and len(contrast) == result.stats["contrast_injected"] == 6
+    assert {(r["label"], r["class_name"], r["prompt"]) for r in contrast} == {(1, "cross", "a cross on grass")}
+    assert result.stats["contrast_over_share"] > 0  # more contrast images passed than the share lets in
+    with pytest.raises(ValueError, match="remedy.contrast"):
+        Text2ImageRemedy(NoiseBackend(), contrast=1.0)
+
+
 def test_without_target_kept_one_wave_is_made_and_everything_kept_is_injected(tmp_path):
     remedy = Text2ImageRemedy(NoiseBackend(), {"every_third": KeepEveryThird()}, output_dir=str(tmp_path),
                               images_per_round=12, batch_size=8)

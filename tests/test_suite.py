@@ -101,7 +101,8 @@ def fake_report(per_group: dict, found: dict | None = None, avg: float = 0.9) ->
     report = {"metrics": {"test": {"avg_acc": avg, "worst_group_acc": min(per_group.values()),
                                    "per_group": per_group}}, "rounds": [{"kept": 10}], "wall_seconds": 60.0}
     if found is not None:
-        report["discovery"] = {"planted": [{"group": g, "found": f, "caption_hit": f} for g, f in found.items()]}
+        report["discovery"] = {"planted": [{"group": g, "found": f, "caption_hit": f, "handed": True}
+                                           for g, f in found.items()]}  # a slice not in the top-k is handed on
     return report
 
 
@@ -154,11 +155,13 @@ def test_evaluate_on_fake_reports(tmp_path):
     assert star["gap_closed"]["failure_diffusion"] == pytest.approx(0.75)
     assert star["gap_closed"]["untargeted_diffusion"] == pytest.approx(0.375)
     assert star["found"] == {"failure_diffusion": 1.0, "untargeted_diffusion": 1.0, "retrieval": 0.0}
+    assert star["handed"] == {"failure_diffusion": 1.0, "untargeted_diffusion": 1.0, "retrieval": 1.0}
     assert rows[f"{other.name}:{bs}"]["status"] == STATUS_NOT_FAILED
     summary = result["summary"]
     assert summary["failed_by_erm"] == ["default:star|grass"]
     assert summary["not_failed_by_erm"] == [f"{other.name}:{bs}"]
     assert summary["found_in_top_k"] == {"method": "failure_diffusion", "hits": 1.0, "of": 1, "rate": 1.0}
+    assert summary["found_in_handed"] == {"method": "failure_diffusion", "hits": 1.0, "of": 1, "rate": 1.0}
     fd = summary["methods"]["failure_diffusion"]
     assert (fd["slices"], fd["gap_closed_mean"], fd["gap_closed_min"]) == (1, pytest.approx(0.75), pytest.approx(0.75))
     assert summary["controls"]["failure_diffusion"]["worst_delta"] == pytest.approx(-0.05)

@@ -24,6 +24,7 @@ from ..filters import Candidates, apply_filters
 from ..images import UnreadableImageError, load_image, save_png, to_uint8
 from ..modes import FailureMode
 from .backends import Text2ImageBackend
+from .contrast import contrast_modes
 from .manifest import append_records, read_manifest
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class PlanItem:
     seed: int
     path: str
     wave: int = 0  # generation wave within the round (remedy.target_kept adds waves)
+    role: str = "target"  # target: the mode's class | contrast: the class its errors are mistaken for, same context
 
 
 def split_budget(scores: Sequence[float], budget: int, min_per_mode: int = 1) -> list[int]:
@@ -66,26 +68,37 @@ def split_budget(scores: Sequence[float], budget: int, min_per_mode: int = 1) ->
 def plan_round(modes: Sequence[FailureMode], budget: int, round_index: int, seed: int, image_dir: str,
                prompts_per_mode: int = 2, prompt_template: str = "{caption}", untargeted: bool = False,
                untargeted_template: str = "a photo of a {cls}", caption_weighting: str = "score",
-               prompt_fn: Callable[[FailureMode, int], list[str]] | None = None) -> list[PlanItem]:
+               prompt_fn: Callable[[FailureMode, int], list[str]] | None = None,
+               contrast: float = 0.0) -> list[PlanItem]:
     """Prompts and seeds for one round (untargeted: class-name prompts with the same per-mode budget).
 
     A mode's images go to its top `prompts_per_mode` captions in proportion to their scores
     (`caption_weighting="score"`) or in turn (`"uniform"`); `prompt_fn(mode, count)`, when given, composes
-    them instead (e.g. blindspot.generation.prompts.PromptComposer: diverse contexts).
+    them instead (e.g. blindspot.generation.prompts.PromptComposer: diverse contexts). A `contrast` share of
+    each mode's images shows the classes its errors are mistaken for in the same contexts (`contrast.contrast_modes`).
     """
     if caption_weighting not in ("score", "uniform"):
         raise ValueError(f"caption_weighting={caption_weighting!r}: use 'score' or 'uniform'")
+    if not 0.0 <= contrast < 1.0:
+        raise ValueError(f"remedy.contrast={contrast}: must be in [0, 1)")
     counts = split_budget([m.score for m in modes], budget)
     items = []
-    for mode, count in zip(modes, counts):
+
+    def add(mode: FailureMode, count: int, role: str, tag: str) -> None:
         prompts = (prompt_fn(mode, count) if prompt_fn is not None and not untargeted and count else
                    mode_prompts(mode, count, prompts_per_mode, prompt_template, untargeted, untargeted_template,
                                 caption_weighting))
         for k, prompt in enumerate(prompts):
             item_seed = (seed * 1_000_003 + round_index * 10_007 + len(items)) % (2**31 - 1)
-            item_id = f"r{round_index}-{mode.mode_id}-{k:04d}"
+            item_id = f"r{round_index}-{mode.mode_id}-{tag}{k:04d}"
             items.append(PlanItem(item_id, mode.mode_id, mode.class_index, mode.class_name, prompt, item_seed,
-                                  str(Path(image_dir) / f"{item_id}.png")))
+                                  str(Path(image_dir) / f"{item_id}.png"), role=role))
+
+    for mode, count in zip(modes, counts):
+        shadows = [] if untargeted or not count else contrast_modes(mode, round(contrast * count))
+        add(mode, count - sum(n for _, n in shadows), "target", "")
+        for j, (shadow, n) in enumerate(shadows):
+            add(shadow, n, "contrast", f"c{j}-")
     return items
 
 
@@ -225,6 +238,7 @@ class RoundRunner:
             if ready:
                 t0 = time.perf_counter()
                 cands = self.judge(images, [i.prompt for i in ready], torch.tensor([i.label for i in ready]))
+                cands.contrast = torch.tensor([i.role == "contrast" for i in ready])
                 keep, rejected_by, scores = apply_filters(self.filters, cands, pool_emb)
                 stats.seconds_filter += time.perf_counter() - t0
                 if cands.image_emb is not None:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from ..filters import Candidates
+from ..filters import Candidates, seeded_subset
+from ..generation.contrast import ContextCounts
 from ..generation.manifest import manifest_path, read_manifest
 from ..generation.rounds import (GenerationFailedError, PlanItem, RoundRunner, RoundStats, load_plan, plan_round,
-                                 remove_strays, save_plan)
+                                 remove_strays, save_plan, split_budget)
 from ..images import load_image
 from ..loop import Split
 from .base import RemedyContext, RemedyResult, check_writable
@@ -29,6 +31,7 @@ from .base import RemedyContext, RemedyResult, check_writable
 log = logging.getLogger(__name__)
 
 CAPTION_WEIGHTINGS = ("score", "uniform")
+CONTEXT_SAMPLE = 4000  # real training images whose contexts remedy.contrast reads (a seeded sample)
 
 
 class Text2ImageRemedy:
@@ -41,7 +44,7 @@ class Text2ImageRemedy:
                  max_generated_per_kept: float = 2.0,
                  prompts=None, verify=None, prompts_per_mode: int = 2, caption_weighting: str = "score",
                  prompt_template: str = "{caption}", untargeted: bool = False,
-                 untargeted_template: str = "a photo of a {cls}", batch_size: int = 64,
+                 untargeted_template: str = "a photo of a {cls}", contrast: float = 0.0, batch_size: int = 64,
                  max_failure_fraction: float = 0.1, max_waves: int = 6, seed: int = 0):
         if images_per_round < 1:
             raise ValueError(f"remedy.images_per_round={images_per_round}: the generation budget must be >= 1 "
@@ -52,6 +55,9 @@ class Text2ImageRemedy:
             raise ValueError(f"remedy.max_generated={max_generated} is below remedy.target_kept={target_kept}: a round "
                              "could never keep that many; raise it, or set it to null to use "
                              "remedy.max_generated_per_kept")
+        if not 0.0 <= contrast < 1.0:
+            raise ValueError(f"remedy.contrast={contrast}: the share of a mode's images that show the classes its "
+                             "errors are mistaken for must be in [0, 1) (0: none)")
         if max_generated_per_kept < 1:
             raise ValueError(f"remedy.max_generated_per_kept={max_generated_per_kept}: must be >= 1 (each kept image "
                              "is generated)")
@@ -69,7 +75,8 @@ class Text2ImageRemedy:
                                                else images_per_round)
         self.prompts_per_mode, self.caption_weighting, self.prompt_template = (prompts_per_mode, caption_weighting,
                                                                               prompt_template)
-        self.untargeted, self.untargeted_template = untargeted, untargeted_template
+        self.untargeted, self.untargeted_template, self.contrast = untargeted, untargeted_template, contrast
+        self._context_counts: ContextCounts | None = None  # read once per run, when contrast images are planned
         self.batch_size, self.max_failure_fraction, self.max_waves, self.seed = (batch_size, max_failure_fraction,
                                                                                  max_waves, seed)
 
@@ -101,15 +108,48 @@ class Text2ImageRemedy:
         """Filters that set thresholds from the real training images do it now (once; the same on every rank)."""
         for f in self.filters:
             if hasattr(f, "calibrate") and not f.calibrated:
-                train = context.train()
-                if train is None:
+                real = self.real_sample(context, f.max_real)
+                if real is None:
                     raise ValueError(f"filters.{f.name}: auto needs the real training images and this datamodule "
                                      "gives none; set a number instead")
-                split, labels = train
-                idx = f.calibration_sample(split.n)
-                sample = Split(len(idx), lambda i: split.images([idx[k] for k in i]), f"{split.fingerprint}-{len(idx)}")
-                threshold = f.calibrate(context.embed(sample), labels[idx])
-                log.info("filters.%s: threshold %.4f from %d real training images", f.name, threshold, len(idx))
+                emb, labels, _ = real
+                threshold = f.calibrate(emb, labels)
+                log.info("filters.%s: threshold %.4f from %d real training images", f.name, threshold, len(labels))
+
+    def real_sample(self, context: RemedyContext, size: int) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """CLIP embeddings and labels of a seeded sample of the real training images, and training-set size /
+        sample size (None when the datamodule gives no training images)."""
+        train = context.train()
+        if train is None:
+            return None
+        split, labels = train
+        idx = seeded_subset(split.n, size)
+        sample = Split(len(idx), lambda i: split.images([idx[k] for k in i]), f"{split.fingerprint}-{len(idx)}")
+        return context.embed(sample), labels[idx], split.n / max(len(idx), 1)
+
+    def contrast_view(self, modes: list, budget: int, context: RemedyContext, say: bool = True) -> list:
+        """The modes with the confused classes that get contrast images (ContextCounts.prune)."""
+        if not self.contrast or self.untargeted or self.prompts is None:
+            return modes
+        if self._context_counts is None:
+            real = self.real_sample(context, CONTEXT_SAMPLE)
+            if real is None:
+                log.info("remedy.contrast: no training images to read contexts from; every confused class "
+                         "gets contrast images")
+                return modes
+            emb, labels, scale = real
+            self._context_counts = ContextCounts.read(self.prompts, emb, labels, context.class_names,
+                                                      context.clip.encode_texts, scale)
+        planned = split_budget([m.score for m in modes], budget) if modes else []
+        out = []
+        for m, n in zip(modes, planned):
+            parsed = self.prompts.parse(m.caption, m.class_name)
+            view = self._context_counts.prune(m, parsed[:2] if parsed else None, n)
+            if say and len(view.confused_with) < len(m.confused_with):
+                log.info("remedy.contrast: mode %s gets no contrast images of %s (already common in its context)",
+                         m.mode_id, ", ".join(c["class_name"] for c in m.confused_with if c not in view.confused_with))
+            out.append(view)
+        return out
 
     def prior_kept_embeddings(self, context: RemedyContext, round_index: int, wave: int) -> torch.Tensor | None:
         """CLIP embeddings of images kept before this rank's next item (the near-duplicate filter's memory)."""
@@ -141,9 +181,10 @@ class Text2ImageRemedy:
     def plan_wave(self, rnd, modes, wave: int, count: int, context: RemedyContext) -> list[PlanItem]:
         """Prompts and seeds of one wave for the (verified) modes (disjoint ids and seeds across waves)."""
         round_dir = self.output_dir / f"round_{rnd.index}"
+        modes = self.contrast_view(modes, self.target_kept or self.images_per_round, context, say=wave == 0)
         items = plan_round(modes, count, rnd.index, self.seed + 7919 * wave, str(round_dir / "images"),
                            self.prompts_per_mode, self.prompt_template, self.untargeted, self.untargeted_template,
-                           self.caption_weighting, self.prompt_fn(context, rnd.index, wave))
+                           self.caption_weighting, self.prompt_fn(context, rnd.index, wave), self.contrast)
         if wave == 0:
             return items
         return [replace(i, id=f"{i.id}-w{wave}", path=str(Path(i.path).with_name(f"{i.id}-w{wave}.png")), wave=wave)
@@ -153,12 +194,28 @@ class Text2ImageRemedy:
         """How many images the next wave makes (0: the round is done)."""
         if self.target_kept is None:
             return 0
-        kept, made = sum(r["kept"] for r in records), len(records)
+        kept, made = len(self.usable([r for r in records if r["kept"]])), len(records)
         room = self.max_generated - made
         if kept >= self.target_kept or room <= 0:
             return 0
         rate = max(kept / max(made, 1), 0.05)
         return min(room, max(self.batch_size, math.ceil((self.target_kept - kept) / rate * 1.2)))
+
+    def usable(self, kept: list[dict]) -> list[dict]:
+        """Kept records (in order) with each mode's contrast images capped at `contrast` of what it injects: they
+        skip the classifier filter, so more of them pass than of the mode's own."""
+        if not self.contrast:
+            return kept
+        own = Counter(r["mode_id"] for r in kept if r.get("role") != "contrast")
+        room = {m: math.floor(n * self.contrast / (1 - self.contrast) + 1e-9) for m, n in own.items()}
+        out = []
+        for r in kept:
+            if r.get("role") == "contrast":
+                if room.get(r["mode_id"], 0) < 1:
+                    continue
+                room[r["mode_id"]] -= 1
+            out.append(r)
+        return out
 
     def verified(self, rnd, context: RemedyContext) -> tuple[list, list[dict]]:
         """The modes worth spending on (all, without a verifier) and each caption's probe error (rank 0 only;
@@ -251,25 +308,30 @@ class Text2ImageRemedy:
         records = [r for r in read_manifest(self.output_dir) if r["round"] == rnd.index and r["id"] in order]
         records.sort(key=lambda r: order[r["id"]])
         kept = [r for r in records if r["kept"]]
-        injected = kept[: self.target_kept] if self.target_kept else kept
+        usable = self.usable(kept)
+        injected = usable[: self.target_kept] if self.target_kept else usable
         rejected: dict[str, int] = {}
         for r in records:  # counts come from the manifest: right even when the round was resumed
             if not r["kept"]:
                 rejected[r["rejected_by"]] = rejected.get(r["rejected_by"], 0) + 1
         per_mode: dict[str, dict] = {}
         for r in records:  # what each mode got, and a few rejected images to look at
-            m = per_mode.setdefault(r["mode_id"], {"generated": 0, "kept": 0, "rejected_examples": []})
+            m = per_mode.setdefault(r["mode_id"], {"generated": 0, "kept": 0, "contrast_kept": 0,
+                                                   "rejected_examples": []})
             m["generated"] += 1
             m["kept"] += bool(r["kept"])
+            m["contrast_kept"] += bool(r["kept"]) and r.get("role") == "contrast"
             if not r["kept"] and len(m["rejected_examples"]) < 8:
                 m["rejected_examples"].append(r["path"])
         stats = {"planned": len(order), "generated": len(records), "kept": len(kept), "injected": len(injected),
                  "per_mode": per_mode,
                  "rejected_by": rejected, "failed_prompts": total.failed_prompts, "made_now": total.generated,
-                 "reused": total.reused, "waves": 1 + max((w for w, _ in order.values()), default=0)}
-        if self.target_kept and len(kept) < self.target_kept:
+                 "reused": total.reused, "waves": 1 + max((w for w, _ in order.values()), default=0),
+                 "contrast_injected": sum(r.get("role") == "contrast" for r in injected),
+                 "contrast_over_share": len(kept) - len(usable)}
+        if self.target_kept and len(usable) < self.target_kept:
             log.warning("round %d kept %d images, short of remedy.target_kept=%d after %d generated "
-                        "(remedy.max_generated=%d)", rnd.index, len(kept), self.target_kept, len(records),
+                        "(remedy.max_generated=%d)", rnd.index, len(usable), self.target_kept, len(records),
                         self.max_generated)
         return RemedyResult(records=injected, stats=stats,
                             seconds={"generate": total.seconds_generate, "filter": total.seconds_filter})
