@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..modes import FailureMode
+from .prompts import allocate
 
 
 def swap_class(caption: str, old: str, new: str) -> str:
@@ -34,8 +35,6 @@ def swap_class(caption: str, old: str, new: str) -> str:
 def contrast_modes(mode: FailureMode, count: int) -> list[tuple[FailureMode, int]]:
     """The mode as seen from each class its errors are mistaken for (same captions and contexts, that class
     named instead), with `count` images split by how many errors went to each."""
-    from .prompts import allocate
-
     confused = [c for c in mode.confused_with if c["class_index"] != mode.class_index]
     if count < 1 or not confused:
         return []
