@@ -9,8 +9,9 @@ import pytest
 import torch
 from sklearn.svm import LinearSVC
 
-from blindspot.discovery import DISCOVERY_METHODS, ErrorClusters, FailureDirections, discover, linear_svm
-from blindspot.discovery.scoring import best_prefix, binomial_z, class_batches
+from blindspot.discovery import (DISCOVERY_METHODS, ErrorClusters, ErrorNeighbourhoods, FailureDirections, discover,
+                                 linear_svm)
+from blindspot.discovery.scoring import best_prefix, binomial_z, class_batches, wilson_lower_bound
 from blindspot.modes import FailureMode
 
 torch.set_num_threads(1)
@@ -158,6 +159,12 @@ def test_linear_svm_rejects_bad_input():
         (ErrorClusters, {"n_init": 0}, "n_init"),
         (ErrorClusters, {"max_modes_per_class": 0}, "max_modes_per_class"),
         (ErrorClusters, {"min_errors": 0}, "min_errors"),
+        (ErrorClusters, {"slice_score": "auc"}, "slice_score"),
+        (FailureDirections, {"slice_score": "auc"}, "slice_score"),
+        (FailureDirections, {"max_modes_per_class": 0}, "max_modes_per_class"),
+        (ErrorNeighbourhoods, {"max_support": 3}, "max_support"),
+        (ErrorNeighbourhoods, {"max_modes_per_class": 0}, "max_modes_per_class"),
+        (ErrorNeighbourhoods, {"slice_score": "auc"}, "slice_score"),
     ],
 )
 def test_knobs_are_validated(cls, knobs, match):
@@ -166,7 +173,7 @@ def test_knobs_are_validated(cls, knobs, match):
 
 
 def test_unknown_method_lists_known_ones():
-    with pytest.raises(ValueError, match="clusters, directions"):
+    with pytest.raises(ValueError, match="clusters, directions, neighbourhoods"):
         discover("kmeans", torch.zeros(1, 2), torch.zeros(1), torch.zeros(1), ["a"])
 
 
@@ -254,3 +261,78 @@ def test_score_discovery_ranks_each_planted_slice_among_the_handed_modes():
     assert (p["rank"], p["handed"], p["handed_caption_hit"]) == (1, True, True)
     (p,) = score_discovery(modes[1:], planted, val_groups, names)["planted"]
     assert (p["found"], p["caption_hit"], p["rank"]) == (True, True, 0)
+
+
+def two_failures(n: int = 300, dim: int = 16, seed: int = 0):
+    """One class with a tight blind spot (30 samples, all wrong) and 60 errors spread over the rest of the class;
+    a second class with a few random errors. Returns x, labels, preds, in_blind_spot."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
+    x = torch.randn(2 * n, dim, generator=g)
+    x[n:] += 3.0
+    centre = 4.0 * torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0)
+    spot = torch.zeros(2 * n, dtype=torch.bool)
+    spot[:30] = True
+    x[:30] = centre + 0.3 * torch.randn(30, dim, generator=g)
+    wrong = spot.clone()
+    wrong[30 + torch.randperm(n - 30, generator=g)[:60]] = True
+    wrong[n + torch.randperm(n, generator=g)[:6]] = True
+    preds = torch.where(wrong, 1 - labels, labels)
+    return torch.nn.functional.normalize(x, dim=1), labels, preds, spot
+
+
+def test_wilson_lower_bound_matches_the_closed_form():
+    # 8 of 8 wrong: (1 + z^2/2n - z sqrt(z^2/4n^2)) / (1 + z^2/n) = 1 / (1 + 1.96^2 / 8)
+    assert float(wilson_lower_bound(torch.tensor(1.0), torch.tensor(8))) == pytest.approx(1 / (1 + 1.96**2 / 8), rel=1e-5)
+    more = wilson_lower_bound(torch.tensor([1.0, 1.0, 0.5]), torch.tensor([8, 20, 20]))
+    assert more[1] > more[0] > more[2]  # more support, a surer bound; a lower rate, a lower bound
+
+
+def test_neighbourhoods_isolate_a_tight_blind_spot_beside_diffuse_errors():
+    x, labels, preds, spot = two_failures()
+    modes = ErrorNeighbourhoods()(x, labels, preds, ["cow", "bird"])
+    top = modes[0]
+    assert top.class_name == "cow" and top.method == "neighbourhoods" and top.mode_id == "cow-0"
+    precision, recall = precision_recall(top, spot)
+    assert precision > 0.9 and recall == 1.0 and top.error_rate == 1.0  # the spot, and a diffuse error or two
+    assert top.score == pytest.approx(float(wilson_lower_bound(torch.tensor(1.0), torch.tensor(top.support))))
+    assert abs(float(torch.tensor(top.direction).norm()) - 1) < 1e-4
+    assert [m.score for m in modes] == sorted((m.score for m in modes), reverse=True)
+
+
+def test_later_passes_search_each_class_without_the_slices_already_found():
+    x, labels, preds, spot = two_failures()
+    one = ErrorNeighbourhoods(max_modes_per_class=1)(x, labels, preds, ["cow", "bird"])
+    modes = [m for m in ErrorNeighbourhoods(max_modes_per_class=2)(x, labels, preds, ["cow", "bird"])
+             if m.class_name == "cow"]
+    assert [m.mode_id for m in modes] == ["cow-0", "cow-1"] and modes[0].members == one[0].members
+    assert not set(modes[0].members) & set(modes[1].members) and (labels[modes[1].members] == 0).all()
+    assert modes[1].error_rate < modes[0].error_rate  # the leftovers: diffuse errors only
+
+
+def test_two_blind_spots_of_one_class_are_two_neighbourhoods_where_one_direction_blends_them():
+    x, labels, preds, first = two_failures()
+    g = torch.Generator().manual_seed(1)
+    centre = 4.0 * torch.nn.functional.normalize(torch.randn(x.shape[1], generator=g), dim=0)
+    x[30:60] = torch.nn.functional.normalize(centre + 0.3 * torch.randn(30, x.shape[1], generator=g), dim=1)
+    preds[30:60] = 1
+    second = torch.zeros_like(first)
+    second[30:60] = True
+    found = [m for m in ErrorNeighbourhoods(max_modes_per_class=2)(x, labels, preds, ["cow", "bird"])
+             if m.class_name == "cow"]
+    recalls = sorted((precision_recall(m, first)[1], precision_recall(m, second)[1]) for m in found)
+    assert recalls == [(0.0, 1.0), (1.0, 0.0)]  # one mode each, nothing of the other
+    top = FailureDirections(max_modes_per_class=2)(x, labels, preds, ["cow", "bird"])[0]
+    assert precision_recall(top, first)[1] == precision_recall(top, second)[1] == 1.0  # both in one slice
+
+
+def test_the_lower_bound_score_prefers_a_blind_spot_to_a_weak_spot_in_a_good_class():
+    x, labels, preds, spot = two_failures()
+    # class 1 gets a 25-sample region at 40% error: a large excess over its 2% base rate, far from all-wrong
+    region = torch.arange(300, 325)
+    preds[region] = torch.where(torch.arange(25) < 10, 0, 1)
+    noise = torch.randn(25, x.shape[1], generator=torch.Generator().manual_seed(2))
+    x[region] = torch.nn.functional.normalize(-3.0 + 0.1 * noise, dim=1)
+    by_z = ErrorNeighbourhoods(slice_score="z")(x, labels, preds, ["cow", "bird"])
+    by_bound = ErrorNeighbourhoods()(x, labels, preds, ["cow", "bird"])
+    assert by_z[0].class_name == "bird" and by_bound[0].class_name == "cow"

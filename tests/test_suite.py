@@ -240,3 +240,19 @@ def test_the_repair_config_spells_out_todays_failure_diffusion_defaults():
     for variant in ("waves", "capped", "probes"):  # the variants measured against it are not today's defaults
         assert composed_config(base + tuple(load_config(variant).method_overrides.failure_diffusion)) != \
             composed_config(base), variant
+
+
+def test_quick_discovery_capture_reproduces_the_runs_modes_and_scores_variants(tmp_path):
+    env = dict(os.environ, BLINDSPOT_RESULTS=str(tmp_path), PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.discovery_worlds", "--quick", "--workers", "1", "--out",
+                           str(tmp_path / "captures"), "--variant", "nbh=discovery=neighbourhoods"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "discovery_worlds_quick.json").read_text())
+    defaults, nbh = result["variants"]
+    assert (defaults["name"], nbh["overrides"]) == ("defaults", ["discovery=neighbourhoods"])
+    assert defaults["summary"]["same_modes_as_the_run"]  # re-scoring today's settings gives the run's own round
+    (star,) = defaults["slices"]
+    assert star["group"] == "star|grass" and 0 <= star["val_errors"] <= star["val_samples"] > 0
+    assert all(m.startswith(("star", "cross", "circle", "square", "triangle", "heart")) for m in nbh["slices"][0]["modes"])
+    assert len(list((tmp_path / "captures").glob("default/*/capture.pt"))) == 1

@@ -1,6 +1,6 @@
 """Failure discovery: find coherent slices of validation errors in CLIP embedding space.
 
-    modes = FailureDirections()(embeddings, labels, preds, class_names)   # or ErrorClusters(), or
+    modes = FailureDirections()(embeddings, labels, preds, class_names)   # or ErrorClusters(), ErrorNeighbourhoods(),
     modes = discover("directions", embeddings, labels, preds, class_names, min_support=10)
 
 Every method takes L2-normalised CLIP image embeddings [n, d], true and predicted labels [n] and the class names,
@@ -15,17 +15,19 @@ import torch
 
 from blindspot.discovery.clusters import ErrorClusters
 from blindspot.discovery.directions import FailureDirections
+from blindspot.discovery.neighbourhoods import ErrorNeighbourhoods
 from blindspot.discovery.scoring import binomial_z
 from blindspot.discovery.svm import LinearSVMResult, linear_svm
 from blindspot.modes import FailureMode
 
-DISCOVERY_METHODS: dict[str, type] = {"directions": FailureDirections, "clusters": ErrorClusters}
+DISCOVERY_METHODS: dict[str, type] = {"directions": FailureDirections, "clusters": ErrorClusters,
+                                       "neighbourhoods": ErrorNeighbourhoods}
 
-__all__ = ["DISCOVERY_METHODS", "ErrorClusters", "FailureDirections", "LinearSVMResult", "binomial_z", "build",
+__all__ = ["DISCOVERY_METHODS", "ErrorClusters", "ErrorNeighbourhoods", "FailureDirections", "LinearSVMResult", "binomial_z", "build",
            "discover", "linear_svm"]
 
 
-def build(method: str, **knobs: Any) -> FailureDirections | ErrorClusters:
+def build(method: str, **knobs: Any) -> FailureDirections | ErrorClusters | ErrorNeighbourhoods:
     """The discovery method registered as `method`, constructed with `knobs`."""
     if method not in DISCOVERY_METHODS:
         raise ValueError(f"unknown discovery method {method!r}; known: {', '.join(sorted(DISCOVERY_METHODS))}")

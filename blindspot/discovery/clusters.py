@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from blindspot.discovery.scoring import binomial_z, check_common_knobs, ClassBatch, Discovery
+from blindspot.discovery.scoring import check_common_knobs, check_slice_score, ClassBatch, Discovery, slice_score
 from blindspot.modes import FailureMode
 
 
@@ -30,13 +30,15 @@ class ErrorClusters(Discovery):
         min_error_gap: float = 0.2,
         max_modes_per_class: int | None = 2,
         max_modes: int | None = None,
+        slice_score: str = "z",
         max_batch_bytes: int = 2**30,
         seed: int = 0,
     ):
         """n_clusters: clusters per class; error_weight: scale of the appended error feature, in units of the class's
         RMS embedding spread (0 = plain clustering of the embeddings); n_init / max_iter: k-means restarts and Lloyd
         steps; min_errors: errors a class needs to be searched; min_support / min_error_gap: smallest slice and its
-        least error-rate excess over the class; max_modes_per_class / max_modes: caps; max_batch_bytes: memory for
+        least error-rate excess over the class; max_modes_per_class / max_modes: caps; slice_score: how clusters are
+        scored and ranked ("z" or "error_lower_bound", see `scoring`); max_batch_bytes: memory for
         one padded batch of classes; seed: k-means++ seeding."""
         if not isinstance(n_clusters, int) or n_clusters < 2:
             raise ValueError(f"n_clusters must be an int >= 2, got {n_clusters!r}")
@@ -47,6 +49,7 @@ class ErrorClusters(Discovery):
         if max_modes_per_class is not None and (not isinstance(max_modes_per_class, int) or max_modes_per_class < 1):
             raise ValueError(f"max_modes_per_class must be None or an int >= 1, got {max_modes_per_class!r}")
         check_common_knobs(min_support, min_error_gap, min_errors, max_modes, max_batch_bytes)
+        check_slice_score(slice_score)
         self.n_clusters = n_clusters
         self.error_weight = float(error_weight)
         self.n_init = n_init
@@ -56,6 +59,7 @@ class ErrorClusters(Discovery):
         self.min_error_gap = min_error_gap
         self.max_modes_per_class = max_modes_per_class
         self.max_modes = max_modes
+        self.slice_score = slice_score
         self.max_batch_bytes = max_batch_bytes
         self.seed = seed
         self.modes_: list[FailureMode] = []
@@ -87,7 +91,7 @@ class ErrorClusters(Discovery):
         err = (onehot * e.unsqueeze(-1)).sum(1)
         rate = err / size.clamp(min=1)
         class_rate = (e.sum(1) / sizes).unsqueeze(1)
-        score = binomial_z(rate, size, class_rate)
+        score = slice_score(self.slice_score, rate, size, class_rate)
         ok = (size >= self.min_support) & (rate - class_rate >= self.min_error_gap - 1e-6)
         centroid = torch.bmm(onehot.transpose(1, 2), X) / size.clamp(min=1).unsqueeze(-1)  # [K, k, d]
         modes = []

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from blindspot.discovery.scoring import best_prefix, check_common_knobs, ClassBatch, Discovery
+from blindspot.discovery.scoring import best_prefix, check_common_knobs, check_slice_score, ClassBatch, Discovery
 from blindspot.discovery.svm import linear_svm
 from blindspot.modes import FailureMode
 
@@ -39,7 +39,8 @@ class ClassDirection:
 
 
 class FailureDirections(Discovery):
-    """Blind spots as per-class SVM failure directions in CLIP space (Jain et al. 2022); one mode per class."""
+    """Blind spots as per-class SVM failure directions in CLIP space (Jain et al. 2022); up to
+    `max_modes_per_class` modes per class, each searched without the slices found before it."""
 
     name = "directions"
 
@@ -52,6 +53,8 @@ class FailureDirections(Discovery):
         min_support: int = 8,
         min_error_gap: float = 0.2,
         max_modes: int | None = None,
+        max_modes_per_class: int = 1,
+        slice_score: str = "z",
         cross_fitted_slices: bool = True,
         tol: float = 1e-2,
         max_iter: int = 50,
@@ -64,6 +67,10 @@ class FailureDirections(Discovery):
         min_errors: errors, and correct predictions, a class needs to be searched (at least cv_folds).
         min_support / min_error_gap: smallest slice, and least excess of its error rate over the class's.
         max_modes: overall cap on the modes returned.
+        max_modes_per_class: directions per class; each one after the first is fitted without the samples of the
+            slices already found in that class (a second blind spot of the same class).
+        slice_score: how a slice is cut and ranked: "z" (error excess over the class, in standard errors) or
+            "error_lower_bound" (95% lower bound of the slice's own error rate), see `scoring`.
         cross_fitted_slices: rank samples by out-of-fold SVM scores, so a slice is not made of the very errors
             the SVM was trained on (needs cv_folds >= 2); False ranks by the final SVM.
         tol / max_iter: solver stopping rule (relative gradient norm) and Newton iteration cap.
@@ -78,6 +85,9 @@ class FailureDirections(Discovery):
         if cross_fitted_slices and cv_folds == 0:
             raise ValueError("cross_fitted_slices needs cv_folds >= 2 (or set cross_fitted_slices=False)")
         check_common_knobs(min_support, min_error_gap, min_errors, max_modes)
+        check_slice_score(slice_score)
+        if not isinstance(max_modes_per_class, int) or max_modes_per_class < 1:
+            raise ValueError(f"max_modes_per_class must be an int >= 1, got {max_modes_per_class!r}")
         if not tol > 0 or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"tol must be > 0 and max_iter an int >= 1, got tol={tol!r}, max_iter={max_iter!r}")
         if max_batch_bytes < 2**20:
@@ -89,6 +99,8 @@ class FailureDirections(Discovery):
         self.min_support = min_support
         self.min_error_gap = min_error_gap
         self.max_modes = max_modes
+        self.max_modes_per_class = self.passes = max_modes_per_class
+        self.slice_score = slice_score
         self.cross_fitted_slices = cross_fitted_slices
         self.tol = tol
         self.max_iter = max_iter
@@ -149,7 +161,8 @@ class FailureDirections(Discovery):
         ranked_err = y.gather(1, order)
         n_err = y.sum(1)
         class_rate = n_err.float() / batch.sizes.float()
-        k, score = best_prefix(ranked_err, batch.sizes, class_rate, self.min_support, self.min_error_gap)
+        k, score = best_prefix(ranked_err, batch.sizes, class_rate, self.min_support, self.min_error_gap,
+                               score=self.slice_score)
         wnorm = w.norm(dim=1)
         unit = (w / wnorm.clamp(min=1e-12).unsqueeze(1)).cpu()
         modes = []
@@ -157,7 +170,7 @@ class FailureDirections(Discovery):
             C = self.Cs[int(best[i])]
             cd = ClassDirection(c, unit[i], float(b[i]), float(wnorm[i]), C, cv[i], train_acc[i],
                                 int(batch.sizes[i]), int(n_err[i]))
-            self.directions_[c] = cd
+            self.directions_.setdefault(c, cd)  # a class's first direction (later passes refine its leftovers)
             ki = int(k[i])
             if ki == 0 or cd.weight_norm == 0.0:
                 log.debug("directions: class %s has no slice of >= %d samples with an error gap >= %.2f",

@@ -1,7 +1,11 @@
 """Shared pieces of the discovery methods: input checks, per-class padded batches, slice scores and ranking.
 
-Slice score: the binomial z-score (e_slice - e_class) / sqrt(e_class (1 - e_class) / n_slice), i.e. how many
-standard errors the slice's error rate lies above the class's - it rewards both a large gap and a large support.
+Slice scores (`slice_score`, chosen per method):
+- "z": the binomial z-score (e_slice - e_class) / sqrt(e_class (1 - e_class) / n_slice), how many standard errors
+  the slice's error rate lies above its class's: it rewards a large gap and a large support, and favours classes
+  the model otherwise gets right (a weak spot in a good class).
+- "error_lower_bound": the 95% Wilson lower bound of the slice's own error rate: how surely the model fails
+  nearly everything in the slice (a blind spot), comparable across classes whatever their base error rate.
 """
 
 from __future__ import annotations
@@ -82,6 +86,27 @@ def binomial_z(
     return (slice_error_rate - class_error_rate) / var.sqrt()
 
 
+def wilson_lower_bound(rate: torch.Tensor, n: torch.Tensor, z: float = 1.96) -> torch.Tensor:
+    """The Wilson score interval's lower end for a binomial rate observed on n samples (95% by default)."""
+    n = n.float().clamp(min=1)
+    centre = rate + z * z / (2 * n)
+    spread = z * (rate * (1 - rate) / n + z * z / (4 * n * n)).clamp(min=0).sqrt()
+    return (centre - spread) / (1 + z * z / n)
+
+
+SLICE_SCORES = ("z", "error_lower_bound")
+
+
+def slice_score(kind: str, slice_error_rate: torch.Tensor, slice_size: torch.Tensor,
+                class_error_rate: torch.Tensor) -> torch.Tensor:
+    """A slice's score under `kind` (see the module docstring)."""
+    if kind == "z":
+        return binomial_z(slice_error_rate, slice_size, class_error_rate)
+    if kind == "error_lower_bound":
+        return wilson_lower_bound(slice_error_rate, slice_size)
+    raise ValueError(f"slice_score must be one of {SLICE_SCORES}, got {kind!r}")
+
+
 def best_prefix(
     ranked_errors: torch.Tensor,
     sizes: torch.Tensor,
@@ -89,6 +114,7 @@ def best_prefix(
     min_support: int,
     min_error_gap: float,
     max_size: torch.Tensor | None = None,
+    score: str = "z",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best slice = top-k of each ranked row maximising the score with k >= min_support and gap >= min_error_gap.
 
@@ -101,8 +127,8 @@ def best_prefix(
     ce = class_error_rate.float().unsqueeze(1)
     limit = sizes if max_size is None else torch.minimum(sizes, max_size)
     ok = (k >= min_support) & (k <= limit.unsqueeze(1)) & (rate - ce >= min_error_gap - 1e-6)
-    score = torch.where(ok, binomial_z(rate, k, ce), torch.full_like(rate, -float("inf")))
-    best, arg = score.max(1)
+    values = torch.where(ok, slice_score(score, rate, k, ce), torch.full_like(rate, -float("inf")))
+    best, arg = values.max(1)
     return torch.where(torch.isfinite(best), arg + 1, torch.zeros_like(arg)), best
 
 
@@ -130,6 +156,7 @@ class Discovery:
     modes_: list[FailureMode]
     max_modes_per_class: int | None = None
     max_modes: int | None = None
+    passes: int = 1  # searches per class: each pass after the first runs without the slices already found
     max_batch_bytes: int = 2**30
     seed: int = 0
 
@@ -152,9 +179,27 @@ class Discovery:
                             name_list(skipped))
         gen = torch.Generator().manual_seed(self.seed)
         cells = max(1, self.max_batch_bytes // self._row_bytes(x.shape[1]))
-        modes = []
-        for batch in class_batches(labels, torch.nonzero(eligible).flatten(), cells):
-            modes += self._fit_batch(x, wrong, batch, class_names, gen)
+        modes, keep, classes = [], None, torch.nonzero(eligible).flatten()
+        for _ in range(self.passes):
+            found, sub = [], (lambda t: t) if keep is None else (lambda t: t[keep])
+            for batch in class_batches(sub(labels), classes, cells):
+                found += self._fit_batch(sub(x), sub(wrong), batch, class_names, gen)
+            if keep is not None:  # members index the kept samples: map them back to the validation set
+                for m in found:
+                    m.members = sorted(keep[m.members].tolist())
+            modes += found
+            if not found or self.passes == 1:
+                break
+            # the next pass searches the classes that had a slice again, without that slice's samples
+            active = torch.ones(len(labels), dtype=torch.bool, device=labels.device) if keep is None else \
+                torch.zeros(len(labels), dtype=torch.bool, device=labels.device).index_fill_(0, keep, True)
+            active[[i for m in found for i in m.members]] = False
+            keep = torch.nonzero(active).flatten()
+            counts, errors = error_counts(labels[keep], wrong[keep], len(class_names))
+            classes = torch.tensor(sorted({m.class_index for m in found}), device=labels.device)
+            classes = classes[self._eligible(counts[classes], errors[classes])]
+            if not len(classes):
+                break
         self.modes_ = rank_modes(modes, self.max_modes_per_class, self.max_modes)
         method_log.info("%s: %d failure mode(s) in %d searched class(es)%s",
                         self.name, len(self.modes_), int(eligible.sum()), summarize(self.modes_))
@@ -197,6 +242,12 @@ def check_common_knobs(min_support: int, min_error_gap: float, min_errors: int, 
         raise ValueError(f"min_errors must be an int >= 1 (errors a class needs to be searched), got {min_errors!r}")
     if max_modes is not None and (not isinstance(max_modes, int) or max_modes < 1):
         raise ValueError(f"max_modes must be None or an int >= 1, got {max_modes!r}")
+
+
+def check_slice_score(kind: str) -> None:
+    """Raise ValueError naming the knob when `slice_score` is unknown."""
+    if kind not in SLICE_SCORES:
+        raise ValueError(f"slice_score must be one of {SLICE_SCORES}, got {kind!r}")
 
 
 def summarize(modes: list[FailureMode], limit: int = 10) -> str:

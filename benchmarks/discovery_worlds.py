@@ -1,0 +1,261 @@
+"""Discovery alone on the suite's worlds: train ERM to the first round's epoch once, then score discovery settings.
+
+    python -m benchmarks.discovery_worlds --workers 2              # capture every world, score today's discovery
+    python -m benchmarks.discovery_worlds --variant clusters=discovery=clusters \
+        --variant loose="discovery.min_errors=3,discovery.min_support=5"
+    python -m benchmarks.discovery_worlds --worlds default,w01-square-red
+    python -m benchmarks.discovery_worlds --quick   # smoke run: the suite's quick world (CI)
+
+A capture is the suite's failure_diffusion run of a world (same overrides, same seed) stopped at the end of the
+epoch its first round runs, with the loop's remedy removed: it saves that epoch's validation predictions, labels,
+ground-truth groups and CLIP embeddings (outputs/discovery_worlds/<world>/seed<seed>-<hash>/capture.pt; a capture is
+reused while its overrides are the same). Every variant (Hydra overrides of the train config, comma-separated) is
+then run on each capture through the loop's own `discover` (discovery + captioning, max_modes handed) and scored
+against the planted slices with the suite's rules (found in the top-k, caption hit, handed). The first variant is
+today's defaults; its modes must equal the suite run's first round. Results: results/discovery_worlds.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from lightning import Callback
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
+METHOD = "failure_diffusion"
+
+
+class CaptureDiscoveryInputs(Callback):
+    """Saves the last validation epoch's predictions, labels, groups and CLIP embeddings, then the loop's rounds."""
+
+    def __init__(self, path: str, loop=None):
+        self.path, self.loop, self._rows = Path(path), loop, []
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._rows = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if dataloader_idx == 0 and outputs is not None:
+            self._rows.append((outputs["index"].cpu(), outputs["preds"].cpu(), outputs["label"].cpu()))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from blindspot.loop import Split
+
+        dm = trainer.datamodule
+        index, preds, labels = (torch.cat(t) for t in zip(*self._rows))
+        order = torch.argsort(index)
+        emb = self.loop.embed(Split(len(dm.val_set), dm.val_images, dm.val_fingerprint()), progress=False)
+        capture = {"epoch": trainer.current_epoch, "preds": preds[order], "labels": labels[order],
+                   "groups": torch.as_tensor(dm.val_set.groups), "embeddings": emb.cpu(),
+                   "class_names": list(dm.class_names), "group_names": list(dm.group_names),
+                   "planted": dm.planted_slices(), "rounds": [r.to_dict() for r in self.loop.rounds]}
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(capture, tmp)
+        os.replace(tmp, self.path)
+
+
+def suite_jobs(config: str, worlds: list[str] | None):
+    """The suite's failure_diffusion jobs (world, seed, overrides) of a suite configuration."""
+    from . import suite
+
+    cfg = suite.load_config(config)
+    spec, all_worlds = suite.build_worlds(cfg)
+    jobs = [j for j in suite.plan(cfg, spec, all_worlds, ROOT / "outputs" / "suite") if j.method == METHOD]
+    return [j for j in jobs if worlds is None or j.world in worlds]
+
+
+def round_epoch(args: list[str]) -> int:
+    """The (1-based) epoch the first round runs at under these overrides."""
+    cfg = compose(args)
+    return int(cfg.loop.start_epoch)
+
+
+def compose(args: list[str]):
+    """conf/train.yaml composed with these overrides, resolved for use outside a Hydra run."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from blindspot.runtime import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = hydra_compose(config_name="train", overrides=[a for a in args if not a.startswith("hydra.")])
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(OUT / "_scratch")  # composed for instantiating the loop only: nothing is written
+    return cfg
+
+
+def capture_args(job_args: list[str], out: Path) -> list[str]:
+    """train.py overrides that stop the suite run at its first round's epoch, remedy-free, and capture it."""
+    epoch = round_epoch(job_args)
+    return [*job_args, f"trainer.max_epochs={epoch}", "loop.remedy=null", "loop.max_rounds=1", "test=false",
+            "logger=none", "~callbacks.model_checkpoint", f"hydra.run.dir={out}",
+            "+callbacks.capture._target_=benchmarks.discovery_worlds.CaptureDiscoveryInputs",
+            f"+callbacks.capture.path={out / 'capture.pt'}", "+callbacks.capture.loop=null"]
+
+
+OUT = ROOT / "outputs" / "discovery_worlds"
+
+
+def capture_path(job, out: Path = OUT) -> Path:
+    """Where a job's capture lives: its world, seed and a hash of its overrides."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(job.args).encode()).hexdigest()[:8]
+    return out / job.world / f"seed{job.seed}-{digest}" / "capture.pt"
+
+
+def capture(job, threads: int, out_root: Path = OUT) -> Path:
+    """Run (or reuse) one world's capture; returns the capture file."""
+    path = capture_path(job, out_root)
+    out = path.parent
+    if path.is_file():
+        return path
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    start = time.time()
+    proc = subprocess.run([sys.executable, "train.py", *capture_args(job.args, out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    (out / "capture.log").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-20000:])
+    if proc.returncode != 0 or not path.is_file():
+        raise RuntimeError(f"{job.world}: capture failed (log: {out / 'capture.log'}):\n{proc.stderr[-3000:]}")
+    print(f"[discovery] {job.world}: captured in {(time.time() - start) / 60:.1f} min", flush=True)
+    return path
+
+
+def slice_val_errors(cap: dict, planted: dict) -> tuple[int, int]:
+    """Validation samples of a planted slice at the round's epoch, and how many of them the model got wrong."""
+    ids = [cap["group_names"].index(g) for g in planted.get("groups", [planted["group"]])]
+    inside = torch.isin(cap["groups"], torch.tensor(ids))
+    wrong = cap["preds"] != cap["labels"]
+    return int(inside.sum()), int((inside & wrong).sum())
+
+
+def score(cap: dict, args: list[str]) -> list[dict]:
+    """One variant on one capture: the planted slices with found / caption hit / handed and their val errors."""
+    import hydra
+
+    from blindspot.groundtruth import score_discovery
+
+    cfg = compose(args)
+    loop = hydra.utils.instantiate(cfg.loop, remedy=None, _convert_="all")
+    modes, _ = loop.discover(cap["embeddings"], cap["labels"], cap["preds"], cap["class_names"])
+    result = score_discovery(modes, cap["planted"], cap["groups"], cap["group_names"])
+    in_run = [(m["class_name"], sorted(m["members"])) for m in cap["rounds"][0]["modes"]] if cap["rounds"] else []
+    same = in_run == [(m.class_name, sorted(m.members)) for m in modes]
+    rows = []
+    for p, match in zip(cap["planted"], result["planted"]):
+        n, errors = slice_val_errors(cap, p)
+        rows.append({**match, "class": p.get("class"), "val_samples": n, "val_errors": errors, "same_as_run": same,
+                     "modes": [f"{m.class_name}: {m.caption!r} ({m.support}, {m.error_rate:.0%})" for m in modes]})
+    return rows
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """'name=override,override' -> (name, overrides); 'defaults' alone means today's settings."""
+    name, _, overrides = text.partition("=")
+    return name, [o for o in overrides.split(",") if o] if overrides else []
+
+
+def erm_status(suite_result: dict, world: str, group: str) -> str | None:
+    """The suite's status of a planted slice (failed / partly failed / not failed by ERM), if it has one."""
+    for s in suite_result.get("slices", []):
+        if s["world"] == world and s["group"] == group:
+            return s["status"]
+    return None
+
+
+def markdown(result: dict) -> str:
+    """The results as a markdown page."""
+    lines = ["# Discovery alone on the suite's worlds (`python -m benchmarks.discovery_worlds`)", "",
+             f"Captures: the `--config {result['config']}` failure_diffusion runs stopped at their first round "
+             "(validation predictions at that epoch). Slices the suite reports as not failed by ERM (>= 90% test) "
+             "are left out of the rates, as in the suite.", "",
+             "| variant | overrides | found in top-k | caption hit | handed | found, ERM < 70% |", "|---|---|---|---|---|---|"]
+    for v in result["variants"]:
+        s = v["summary"]
+        lines.append(f"| {v['name']} | `{' '.join(v['overrides']) or '(defaults)'}` | {s['found']} | {s['caption_hit']} | "
+                     f"{s['handed']} | {s['found_failed']} |")
+    lines += ["", "## Per slice", "", "| slice | ERM | val errors / samples | " + " | ".join(
+        v["name"] for v in result["variants"]) + " |", "|---|---|---|" + "---|" * len(result["variants"])]
+    first = result["variants"][0]["slices"]
+    for i, row in enumerate(first):
+        cells = []
+        for v in result["variants"]:
+            r = v["slices"][i]
+            cells.append(("found" if r["found"] else f"rank {r['rank'] + 1}" if r["handed"] else "missed")
+                         + (", caption" if r["caption_hit"] else ""))
+        lines.append(f"| {row['world']}:{row['group']} | {row['status'] or '?'} | {row['val_errors']} / "
+                     f"{row['val_samples']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Machine: {result['machine']}; captures made this run: {result['captured']}."]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Rates over the slices ERM fails or partly fails (as the suite counts them)."""
+    counted = [r for r in rows if r["status"] != "not failed by ERM"]
+    failed = [r for r in rows if r["status"] == "failed by ERM"]
+
+    def rate(items, key):
+        return f"{sum(bool(r[key]) for r in items)} / {len(items)}"
+
+    return {"found": rate(counted, "found"), "caption_hit": rate(counted, "caption_hit"),
+            "handed": rate(counted, "handed"), "found_failed": rate(failed, "found"), "n": len(counted),
+            "same_modes_as_the_run": all(r["same_as_run"] for r in rows)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import platform
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="repair", help="conf/suite/<name>.yaml whose failure_diffusion runs to capture")
+    parser.add_argument("--worlds", help="comma-separated world names (default: all)")
+    parser.add_argument("--variant", action="append", default=[], help="name=override,override (repeatable)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stem", help="results/<stem>.{json,md} (default discovery_worlds, or _quick)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where captures go")
+    parser.add_argument("--quick", action="store_true", help="the suite's quick config (one tiny world, 1 epoch)")
+    a = parser.parse_args(argv)
+    config = "quick" if a.quick else a.config
+    stem = a.stem or ("discovery_worlds_quick" if a.quick else "discovery_worlds")
+    jobs = suite_jobs(config, a.worlds.split(",") if a.worlds else None)
+    threads = max(1, (os.cpu_count() or 1) // max(1, a.workers))
+    made = sum(not capture_path(j, a.out).is_file() for j in jobs)
+    with ThreadPoolExecutor(max_workers=max(1, a.workers)) as pool:
+        paths = list(pool.map(lambda j: capture(j, threads, a.out), jobs))
+    suite_result = json.loads((RESULTS / f"suite_{config}.json").read_text()) \
+        if (RESULTS / f"suite_{config}.json").is_file() else {}
+    variants = [("defaults", [])] + [parse_variant(v) for v in a.variant]
+    result = {"config": config, "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+              "captured": made, "variants": []}
+    for name, overrides in variants:
+        rows = []
+        for job, path in zip(jobs, paths):
+            cap = torch.load(path, weights_only=False)
+            for r in score(cap, [*job.args, *overrides]):
+                rows.append({"world": job.world, "status": erm_status(suite_result, job.world, r["group"]), **r})
+        result["variants"].append({"name": name, "overrides": overrides, "slices": rows, "summary": summarise(rows)})
+        print(f"[discovery] {name}: {result['variants'][-1]['summary']}", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{stem}.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
