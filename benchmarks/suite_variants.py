@@ -3,7 +3,9 @@
     python -m benchmarks.suite_variants old=benchmarks/results/suite_core.json new=benchmarks/results/suite.json
 
 Each argument is `label=path` to a results JSON of `python -m benchmarks.suite` (one variant of `--method`'s
-settings each, same worlds, same ERM and ceiling runs). Writes benchmarks/results/suite_variants.{json,md}.
+settings each, same worlds, same ERM and ceiling runs). The ERM and ceiling runs are shared, so they need to be in
+one file only: a variant run with `--methods <method>` alone gets its gap closed and its control-world delta from
+the ERM and ceiling accuracies of the others. Writes benchmarks/results/suite_variants.{json,md}.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .suite import _pct
+from .suite import _pct, gap_closed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -21,7 +23,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def variant_rows(results: dict[str, dict], method: str, fails_below: float) -> tuple[list[dict], dict]:
     """Per slice ERM failed (< fails_below) and every slice: ERM, each variant, ceiling; plus per-variant means."""
     first = next(iter(results.values()))
-    rows, summary = [], {label: {"gap_closed": [], "control_delta": []} for label in results}
+    rows, summary = [], {label: {"gap_closed": [], "control_delta": [], "found": [], "caption_hit": []}
+                         for label in results}
     for s in first["slices"]:
         shared = [x["accuracy"] for r in results.values() for x in r["slices"] if x["id"] == s["id"]]
         erm = next((a["none"] for a in shared if a.get("none") is not None), None)  # the same runs in every file
@@ -31,13 +34,23 @@ def variant_rows(results: dict[str, dict], method: str, fails_below: float) -> t
         for label, r in results.items():
             match = next((x for x in r["slices"] if x["id"] == s["id"]), {})
             acc, gap = match.get("accuracy", {}).get(method), match.get("gap_closed", {}).get(method)
-            row["variants"][label] = {"accuracy": acc, "gap_closed": gap}
+            if gap is None:  # a variant run without its own ERM / ceiling runs: use the shared ones
+                gap = gap_closed(acc, erm, ceiling, r["summary"]["thresholds"]["min_gap"])
+            row["variants"][label] = {"accuracy": acc, "gap_closed": gap,
+                                      "found": (match.get("found") or {}).get(method),
+                                      "caption_hit": (match.get("caption_hit") or {}).get(method)}
             if row["failed"] and gap is not None:
                 summary[label]["gap_closed"].append(gap)
+            if erm is not None and erm < r["summary"]["thresholds"]["not_failed_at"] and acc is not None:
+                for key in ("found", "caption_hit"):  # the suite's discovery rates: slices ERM fails or partly fails
+                    summary[label][key].append(bool(row["variants"][label][key]))
         rows.append(row)
+    erm_worst = {w["world"]: w["methods"]["none"]["worst_group_acc"] for r in results.values()
+                 for w in r["per_world"] if w.get("control") and "none" in w["methods"]}
     for label, r in results.items():
-        for c in r["summary"]["controls"].get(method, {}).get("worlds", []):
-            summary[label]["control_delta"].append(c["delta"])
+        for w in r["per_world"]:
+            if w.get("control") and method in w["methods"] and w["world"] in erm_worst:
+                summary[label]["control_delta"].append(w["methods"][method]["worst_group_acc"] - erm_worst[w["world"]])
         gaps = summary[label]["gap_closed"]
         summary[label].update(mean=statistics.mean(gaps) if gaps else None, min=min(gaps) if gaps else None,
                               slices=len(gaps))
@@ -54,11 +67,12 @@ def markdown(rows: list[dict], summary: dict, method: str) -> str:
         mark = "" if row["failed"] or row["erm"] is None else " (ERM ≥ 70%)"
         name = row["id"].replace("|", "\\|")
         lines.append(f"| {name}{mark} | {_pct(row['erm'])} | " + " | ".join(cells) + f" | {_pct(row['ceiling'])} |")
-    lines += ["", "| variant | slices ERM fails | gap closed, mean | gap closed, min | control worst-group vs ERM |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| variant | slices ERM fails | gap closed, mean | gap closed, min | control worst-group vs ERM | "
+              "found in top-k (ERM < 90%) | caption hit (ERM < 90%) |", "|---|---|---|---|---|---|---|"]
     for label, s in summary.items():
         deltas = ", ".join(f"{d * 100:+.0f} pts" for d in s["control_delta"]) or "–"
-        lines.append(f"| {label} | {s['slices']} | {_pct(s['mean'])} | {_pct(s['min'])} | {deltas} |")
+        found, hit = (f"{sum(s[k])} / {len(s[k])}" for k in ("found", "caption_hit"))
+        lines.append(f"| {label} | {s['slices']} | {_pct(s['mean'])} | {_pct(s['min'])} | {deltas} | {found} | {hit} |")
     lines += ["", "Cells: test accuracy of the slice (share of the ERM → ceiling gap closed)."]
     return "\n".join(lines) + "\n"
 
