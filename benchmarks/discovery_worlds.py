@@ -37,8 +37,8 @@ METHOD = "failure_diffusion"
 class CaptureDiscoveryInputs(Callback):
     """Saves the last validation epoch's predictions, labels, groups and CLIP embeddings, then the loop's rounds."""
 
-    def __init__(self, path: str, loop=None):
-        self.path, self.loop, self._rows = Path(path), loop, []
+    def __init__(self, path: str, stop_after_epoch: int, loop=None):
+        self.path, self.stop_after_epoch, self.loop, self._rows = Path(path), stop_after_epoch, loop, []
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._rows = []
@@ -46,6 +46,12 @@ class CaptureDiscoveryInputs(Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if dataloader_idx == 0 and outputs is not None:
             self._rows.append((outputs["index"].cpu(), outputs["preds"].cpu(), outputs["label"].cpu()))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # stop here, not by a shorter max_epochs: the LR schedule spans the run's max_epochs (T_max), so the model
+        # at the round's epoch is the suite run's own only if max_epochs stays what the run has
+        if not trainer.sanity_checking and trainer.current_epoch + 1 >= self.stop_after_epoch:
+            trainer.should_stop = True
 
     def on_fit_end(self, trainer, pl_module) -> None:
         from blindspot.loop import Split
@@ -102,20 +108,24 @@ def compose(args: list[str]):
 def capture_args(job_args: list[str], out: Path) -> list[str]:
     """train.py overrides that stop the suite run at its first round's epoch, remedy-free, and capture it."""
     epoch = round_epoch(job_args)
-    return [*job_args, f"trainer.max_epochs={epoch}", "loop.remedy=null", "loop.max_rounds=1", "test=false",
+    return [*job_args, "loop.remedy=null", "loop.max_rounds=1", "test=false",
             "logger=none", "~callbacks.model_checkpoint", f"hydra.run.dir={out}",
             "+callbacks.capture._target_=benchmarks.discovery_worlds.CaptureDiscoveryInputs",
-            f"+callbacks.capture.path={out / 'capture.pt'}", "+callbacks.capture.loop=null"]
+            f"+callbacks.capture.path={out / 'capture.pt'}", f"+callbacks.capture.stop_after_epoch={epoch}",
+            "+callbacks.capture.loop=null"]
 
 
 OUT = ROOT / "outputs" / "discovery_worlds"
 
 
+CAPTURE_VERSION = 2  # 1: captures stopped by a shorter max_epochs (another LR schedule than the run's)
+
+
 def capture_path(job, out: Path = OUT) -> Path:
-    """Where a job's capture lives: its world, seed and a hash of its overrides."""
+    """Where a job's capture lives: its world, seed and a hash of its overrides (and the capture version)."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps(job.args).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps([CAPTURE_VERSION, *job.args]).encode()).hexdigest()[:8]
     return out / job.world / f"seed{job.seed}-{digest}" / "capture.pt"
 
 
