@@ -32,6 +32,8 @@ from lightning import Callback
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
 METHOD = "failure_diffusion"
+OUT = ROOT / "outputs" / "discovery_worlds"
+CAPTURE_VERSION = 2  # 1: captures stopped by a shorter max_epochs (another LR schedule than the run's)
 
 
 class CaptureDiscoveryInputs(Callback):
@@ -86,20 +88,15 @@ def round_epoch(args: list[str]) -> int:
 
 
 def compose(args: list[str]):
-    """conf/train.yaml composed with these overrides, resolved for use outside a Hydra run."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """conf/train.yaml composed with these overrides (under the sweeps' Hydra lock), for use outside a Hydra run."""
     from omegaconf import open_dict
 
     from blindspot.runtime import register_resolvers
 
+    from .runs import compose_train
+
     register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = hydra_compose(config_name="train", overrides=[a for a in args if not a.startswith("hydra.")])
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_train(args)
     with open_dict(cfg):
         cfg.paths.output_dir = str(OUT / "_scratch")  # composed for instantiating the loop only: nothing is written
     return cfg
@@ -113,12 +110,6 @@ def capture_args(job_args: list[str], out: Path) -> list[str]:
             "+callbacks.capture._target_=benchmarks.discovery_worlds.CaptureDiscoveryInputs",
             f"+callbacks.capture.path={out / 'capture.pt'}", f"+callbacks.capture.stop_after_epoch={epoch}",
             "+callbacks.capture.loop=null"]
-
-
-OUT = ROOT / "outputs" / "discovery_worlds"
-
-
-CAPTURE_VERSION = 2  # 1: captures stopped by a shorter max_epochs (another LR schedule than the run's)
 
 
 def capture_path(job, out: Path = OUT) -> Path:

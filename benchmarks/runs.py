@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = ("resume",)  # how a run was started (a resume of its own folder), not what it trains
@@ -28,9 +28,8 @@ class RunInUseError(RuntimeError):
     """Another process is running this folder right now."""
 
 
-@functools.lru_cache(maxsize=None)
-def composed_config(args: tuple[str, ...]) -> str:
-    """conf/train.yaml composed with these overrides (hydra.* ones dropped), as the YAML Hydra saves."""
+def compose_train(args) -> DictConfig:
+    """conf/train.yaml composed with these overrides (hydra.* ones dropped); safe to call from several threads."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -39,9 +38,15 @@ def composed_config(args: tuple[str, ...]) -> str:
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-                return settings(compose(config_name="train", overrides=overrides))
+                return compose(config_name="train", overrides=overrides)
         finally:
             GlobalHydra.instance().clear()
+
+
+@functools.lru_cache(maxsize=None)
+def composed_config(args: tuple[str, ...]) -> str:
+    """conf/train.yaml composed with these overrides (hydra.* ones dropped), as the YAML Hydra saves."""
+    return settings(compose_train(args))
 
 
 def settings(cfg) -> str:

@@ -10,7 +10,8 @@ from typing import Sequence
 
 import torch
 
-from blindspot.discovery.scoring import check_common_knobs, check_slice_score, ClassBatch, Discovery, slice_score
+from blindspot.discovery.scoring import (check_common_knobs, check_max_modes_per_class, check_slice_score, ClassBatch,
+                                        Discovery, slice_score)
 from blindspot.modes import FailureMode
 
 
@@ -46,8 +47,7 @@ class ErrorClusters(Discovery):
             raise ValueError(f"error_weight must be >= 0, got {error_weight!r}")
         if not isinstance(n_init, int) or n_init < 1 or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"n_init and max_iter must be ints >= 1, got {n_init!r} and {max_iter!r}")
-        if max_modes_per_class is not None and (not isinstance(max_modes_per_class, int) or max_modes_per_class < 1):
-            raise ValueError(f"max_modes_per_class must be None or an int >= 1, got {max_modes_per_class!r}")
+        check_max_modes_per_class(max_modes_per_class, allow_none=True)
         check_common_knobs(min_support, min_error_gap, min_errors, max_modes, max_batch_bytes)
         check_slice_score(slice_score)
         self.n_clusters = n_clusters

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import torch
 
-from blindspot.discovery.scoring import best_prefix, check_common_knobs, check_slice_score, ClassBatch, Discovery
+from blindspot.discovery.scoring import (best_prefix, check_common_knobs, check_max_modes_per_class,
+                                        check_slice_score, ClassBatch, Discovery)
 from blindspot.discovery.svm import linear_svm
 from blindspot.modes import FailureMode
 
@@ -86,8 +87,7 @@ class FailureDirections(Discovery):
             raise ValueError("cross_fitted_slices needs cv_folds >= 2 (or set cross_fitted_slices=False)")
         check_common_knobs(min_support, min_error_gap, min_errors, max_modes)
         check_slice_score(slice_score)
-        if not isinstance(max_modes_per_class, int) or max_modes_per_class < 1:
-            raise ValueError(f"max_modes_per_class must be an int >= 1, got {max_modes_per_class!r}")
+        check_max_modes_per_class(max_modes_per_class)
         if not tol > 0 or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"tol must be > 0 and max_iter an int >= 1, got tol={tol!r}, max_iter={max_iter!r}")
         if max_batch_bytes < 2**20:

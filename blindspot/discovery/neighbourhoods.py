@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from blindspot.discovery.scoring import best_prefix, check_common_knobs, check_slice_score, ClassBatch, Discovery
+from blindspot.discovery.scoring import (best_prefix, check_common_knobs, check_max_modes_per_class,
+                                        check_slice_score, ClassBatch, Discovery)
 from blindspot.modes import FailureMode
 
 
@@ -41,8 +42,7 @@ class ErrorNeighbourhoods(Discovery):
         check_slice_score(slice_score)
         if max_support is not None and (not isinstance(max_support, int) or max_support < min_support):
             raise ValueError(f"max_support must be None or an int >= min_support, got {max_support!r}")
-        if not isinstance(max_modes_per_class, int) or max_modes_per_class < 1:
-            raise ValueError(f"max_modes_per_class must be an int >= 1, got {max_modes_per_class!r}")
+        check_max_modes_per_class(max_modes_per_class)
         self.min_errors = min_errors
         self.min_support = min_support
         self.min_error_gap = min_error_gap
@@ -92,7 +92,7 @@ class ErrorNeighbourhoods(Discovery):
         centres = torch.nonzero(err).flatten()
         limit = torch.tensor([self.max_support or n // 2], device=X.device)
         class_rate = err.float().mean().reshape(1)
-        best = (-float("inf"), None, 0)
+        best_score, members = -float("inf"), None
         step = max(1, self.max_batch_bytes // (16 * n))  # centres per block: similarities, order and flags
         for start in range(0, len(centres), step):
             block = centres[start:start + step]
@@ -102,9 +102,8 @@ class ErrorNeighbourhoods(Discovery):
                                    self.min_support, self.min_error_gap, max_size=limit.expand(len(block)),
                                    score=self.slice_score)
             j = int(score.argmax())
-            if float(score[j]) > best[0]:
-                best = (float(score[j]), order[j, : int(k[j])], int(k[j]))
-        if best[1] is None:
+            if float(score[j]) > best_score:
+                best_score, members = float(score[j]), order[j, : int(k[j])]
+        if members is None:
             return None
-        members = best[1]
-        return members, float(err[members].float().mean()), best[0]
+        return members, float(err[members].float().mean()), best_score

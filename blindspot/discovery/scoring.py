@@ -100,11 +100,10 @@ SLICE_SCORES = ("z", "error_lower_bound")
 def slice_score(kind: str, slice_error_rate: torch.Tensor, slice_size: torch.Tensor,
                 class_error_rate: torch.Tensor) -> torch.Tensor:
     """A slice's score under `kind` (see the module docstring)."""
+    check_slice_score(kind)
     if kind == "z":
         return binomial_z(slice_error_rate, slice_size, class_error_rate)
-    if kind == "error_lower_bound":
-        return wilson_lower_bound(slice_error_rate, slice_size)
-    raise ValueError(f"slice_score must be one of {SLICE_SCORES}, got {kind!r}")
+    return wilson_lower_bound(slice_error_rate, slice_size)
 
 
 def best_prefix(
@@ -180,7 +179,8 @@ class Discovery:
         gen = torch.Generator().manual_seed(self.seed)
         cells = max(1, self.max_batch_bytes // self._row_bytes(x.shape[1]))
         modes, keep, classes = [], None, torch.nonzero(eligible).flatten()
-        for _ in range(self.passes):
+        active = torch.ones(len(labels), dtype=torch.bool, device=labels.device)  # not yet in a slice
+        for p in range(self.passes):
             found, sub = [], (lambda t: t) if keep is None else (lambda t: t[keep])
             for batch in class_batches(sub(labels), classes, cells):
                 found += self._fit_batch(sub(x), sub(wrong), batch, class_names, gen)
@@ -188,11 +188,9 @@ class Discovery:
                 for m in found:
                     m.members = sorted(keep[m.members].tolist())
             modes += found
-            if not found or self.passes == 1:
+            if not found or p == self.passes - 1:
                 break
-            # the next pass searches the classes that had a slice again, without that slice's samples
-            active = torch.ones(len(labels), dtype=torch.bool, device=labels.device) if keep is None else \
-                torch.zeros(len(labels), dtype=torch.bool, device=labels.device).index_fill_(0, keep, True)
+            # the next pass searches the classes that had a slice again, without the slices' samples
             active[[i for m in found for i in m.members]] = False
             keep = torch.nonzero(active).flatten()
             counts, errors = error_counts(labels[keep], wrong[keep], len(class_names))
@@ -242,6 +240,14 @@ def check_common_knobs(min_support: int, min_error_gap: float, min_errors: int, 
         raise ValueError(f"min_errors must be an int >= 1 (errors a class needs to be searched), got {min_errors!r}")
     if max_modes is not None and (not isinstance(max_modes, int) or max_modes < 1):
         raise ValueError(f"max_modes must be None or an int >= 1, got {max_modes!r}")
+
+
+def check_max_modes_per_class(value: int | None, allow_none: bool = False) -> None:
+    """Raise ValueError naming the knob when the per-class cap is not an int >= 1 (or None, where allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_modes_per_class must be {'None or ' if allow_none else ''}an int >= 1, got {value!r}")
 
 
 def check_slice_score(kind: str) -> None:
