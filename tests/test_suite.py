@@ -131,21 +131,25 @@ def test_gap_closed_and_not_failed_slices():
 def test_evaluate_on_fake_reports(tmp_path):
     from benchmarks.suite import CEILING, STATUS_NOT_FAILED, build_worlds, evaluate, load_config
 
-    cfg = load_config("default", ["worlds.n_worlds=3"])
+    cfg = load_config("default", ["worlds.n_worlds=4"])
     spec, worlds = build_worlds(cfg)
-    default, control, other = worlds
+    default, control, other, partly = worlds
     assert control.role == "control" and not control.slices(spec)
     (bs,) = [s["group"] for s in other.slices(spec)]
+    (ps,) = [s["group"] for s in partly.slices(spec)]
     acc = {  # default: star|grass failed and repaired; other: a slice ERM does not fail
         (default.name, "none"): {"star|grass": 0.2}, (default.name, "failure_diffusion"): {"star|grass": 0.8},
         (default.name, "untargeted_diffusion"): {"star|grass": 0.5}, (default.name, "retrieval"): {"star|grass": 0.9},
         (default.name, CEILING): {"star|grass": 1.0},
         (other.name, "none"): {bs: 0.95}, (other.name, "failure_diffusion"): {bs: 0.96},
-        (other.name, CEILING): {bs: 0.97}}
+        (other.name, CEILING): {bs: 0.97},
+        (partly.name, "none"): {ps: 0.8}, (partly.name, "failure_diffusion"): {ps: 0.9},  # partly failed, missed
+        (partly.name, CEILING): {ps: 1.0}}
     reports = {}
     for (world, method), slice_acc in acc.items():
         w = next(x for x in worlds if x.name == world)
-        found = {s["group"]: method != "retrieval" for s in w.slices(spec)} if method not in ("none", CEILING) else None
+        found = ({s["group"]: method != "retrieval" and w is not partly for s in w.slices(spec)}
+                 if method not in ("none", CEILING) else None)
         reports[(world, method)] = [fake_report(per_group(w, slice_acc), found)]
     reports[(control.name, "none")] = [fake_report(per_group(control, {}, 0.90))]
     reports[(control.name, "failure_diffusion")] = [fake_report(per_group(control, {}, 0.85))]
@@ -161,6 +165,9 @@ def test_evaluate_on_fake_reports(tmp_path):
     assert summary["failed_by_erm"] == ["default:star|grass"]
     assert summary["not_failed_by_erm"] == [f"{other.name}:{bs}"]
     assert summary["found_in_top_k"] == {"method": "failure_diffusion", "hits": 1.0, "of": 1, "rate": 1.0}
+    assert summary["partly_failed"] == [f"{partly.name}:{ps}"]  # ERM 80%: not in the goals' set (< 70%) ...
+    assert summary["partly_failed_too"]["found_in_top_k"] == {"method": "failure_diffusion", "hits": 1.0, "of": 2,
+                                                               "rate": 0.5}  # ... but in the wider one
     assert summary["found_in_handed"] == {"method": "failure_diffusion", "hits": 1.0, "of": 1, "rate": 1.0}
     fd = summary["methods"]["failure_diffusion"]
     assert (fd["slices"], fd["gap_closed_mean"], fd["gap_closed_min"]) == (1, pytest.approx(0.75), pytest.approx(0.75))
