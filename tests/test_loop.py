@@ -117,6 +117,8 @@ def test_contrast_images_show_the_confused_class_and_stay_within_their_share(tmp
     assert len(result.records) == 12 and len(contrast) == result.stats["contrast_injected"] == 6
     assert {(r["label"], r["class_name"], r["prompt"]) for r in contrast} == {(1, "cross", "a cross on grass")}
     assert result.stats["contrast_over_share"] > 0  # more contrast images passed than the share lets in
+    later = [r for r in read_manifest(tmp_path) if r["wave"] > 0]  # wave 0 kept more contrast than own could carry,
+    assert later and sum(r["role"] == "contrast" for r in later) < len(later) / 4  # so later waves make own images
     with pytest.raises(ValueError, match="remedy.contrast"):
         Text2ImageRemedy(NoiseBackend(), contrast=1.0)
 

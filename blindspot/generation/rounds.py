@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm import tqdm
@@ -69,17 +69,21 @@ def plan_round(modes: Sequence[FailureMode], budget: int, round_index: int, seed
                prompts_per_mode: int = 2, prompt_template: str = "{caption}", untargeted: bool = False,
                untargeted_template: str = "a photo of a {cls}", caption_weighting: str = "score",
                prompt_fn: Callable[[FailureMode, int], list[str]] | None = None,
-               contrast: float = 0.0) -> list[PlanItem]:
+               contrast: float | Mapping[str, float] = 0.0) -> list[PlanItem]:
     """Prompts and seeds for one round (untargeted: class-name prompts with the same per-mode budget).
 
     A mode's images go to its top `prompts_per_mode` captions in proportion to their scores
     (`caption_weighting="score"`) or in turn (`"uniform"`); `prompt_fn(mode, count)`, when given, composes
     them instead (e.g. blindspot.generation.prompts.PromptComposer: diverse contexts). A `contrast` share of
-    each mode's images shows the classes its errors are mistaken for in the same contexts (`contrast.contrast_modes`).
+    each mode's images shows the classes its errors are mistaken for in the same contexts (`contrast.contrast_modes`);
+    a mapping gives each mode id its own share (a later wave: `waves.plan_next_wave`).
     """
     if caption_weighting not in ("score", "uniform"):
         raise ValueError(f"caption_weighting={caption_weighting!r}: use 'score' or 'uniform'")
-    if not 0.0 <= contrast < 1.0:
+    if isinstance(contrast, Mapping):
+        if not all(0.0 <= v <= 1.0 for v in contrast.values()):
+            raise ValueError(f"per-mode contrast shares must be in [0, 1]: {dict(contrast)}")
+    elif not 0.0 <= contrast < 1.0:
         raise ValueError(f"remedy.contrast={contrast}: must be in [0, 1)")
     counts = split_budget([m.score for m in modes], budget)
     items = []
@@ -95,7 +99,8 @@ def plan_round(modes: Sequence[FailureMode], budget: int, round_index: int, seed
                                   str(Path(image_dir) / f"{item_id}.png"), role=role))
 
     for mode, count in zip(modes, counts):
-        shadows = [] if untargeted or not count else contrast_modes(mode, round(contrast * count))
+        share = contrast.get(mode.mode_id, 0.0) if isinstance(contrast, Mapping) else contrast
+        shadows = [] if untargeted or not count else contrast_modes(mode, round(share * count))
         add(mode, count - sum(n for _, n in shadows), "target", "")
         for j, (shadow, n) in enumerate(shadows):
             add(shadow, n, "contrast", f"c{j}-")

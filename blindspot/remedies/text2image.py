@@ -3,9 +3,10 @@ filter, record in the manifest, and inject what was kept (CLIP-aided description
 contexts, Chegini & Feizi 2023; classifier-probability pruning of generated samples).
 
 The round is generated in waves: the first has `images_per_round` images; with `target_kept` set, further waves
-(sized from the keep rate so far, at most `max_generated_per_kept` x `target_kept` images in all) run until the round keeps that many,
-and exactly `target_kept` are injected, so methods are compared at equal injected images. Every wave's plan is
-written before its first image, so a killed round resumes exactly (blindspot.generation.rounds).
+(blindspot.generation.waves: sized from each mode's keep rates so far, with only the contrast images its own kept
+images can carry; at most `max_generated_per_kept` x `target_kept` images in all) run until the round keeps that
+many, and exactly `target_kept` are injected, so methods are compared at equal injected images. Every wave's plan
+is written before its first image, so a killed round resumes exactly (blindspot.generation.rounds).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..generation.contrast import ContextCounts
 from ..generation.manifest import manifest_path, read_manifest
 from ..generation.rounds import (GenerationFailedError, PlanItem, RoundRunner, RoundStats, load_plan, plan_round,
                                  remove_strays, save_plan, split_budget)
+from ..generation.waves import WavePlan, contrast_room, plan_next_wave
 from ..images import load_image
 from ..loop import Split
 from .base import RemedyContext, RemedyResult, check_writable
@@ -178,43 +180,54 @@ class Text2ImageRemedy:
 
         return compose
 
-    def plan_wave(self, rnd, modes, wave: int, count: int, context: RemedyContext) -> list[PlanItem]:
-        """Prompts and seeds of one wave for the (verified) modes (disjoint ids and seeds across waves)."""
+    def plan_wave(self, rnd, modes, wave: int, count: int, context: RemedyContext,
+                  contrast: dict[str, float] | None = None) -> list[PlanItem]:
+        """Prompts and seeds of one wave for the (verified) modes (disjoint ids and seeds across waves); `contrast`:
+        each mode's contrast share in this wave (default: remedy.contrast for all)."""
         round_dir = self.output_dir / f"round_{rnd.index}"
         modes = self.contrast_view(modes, self.target_kept or self.images_per_round, context, say=wave == 0)
         items = plan_round(modes, count, rnd.index, self.seed + 7919 * wave, str(round_dir / "images"),
                            self.prompts_per_mode, self.prompt_template, self.untargeted, self.untargeted_template,
-                           self.caption_weighting, self.prompt_fn(context, rnd.index, wave), self.contrast)
+                           self.caption_weighting, self.prompt_fn(context, rnd.index, wave),
+                           self.contrast if contrast is None else contrast)
         if wave == 0:
             return items
         return [replace(i, id=f"{i.id}-w{wave}", path=str(Path(i.path).with_name(f"{i.id}-w{wave}.png")), wave=wave)
                 for i in items]
 
-    def next_wave_size(self, records: list[dict]) -> int:
-        """How many images the next wave makes (0: the round is done)."""
+    def next_wave(self, rnd, modes, records: list[dict], context: RemedyContext) -> WavePlan:
+        """The next wave's size and per-mode contrast shares (size 0: the round is done; waves.plan_next_wave)."""
         if self.target_kept is None:
-            return 0
-        kept, made = len(self.usable([r for r in records if r["kept"]])), len(records)
-        room = self.max_generated - made
-        if kept >= self.target_kept or room <= 0:
-            return 0
-        rate = max(kept / max(made, 1), 0.05)
-        return min(room, max(self.batch_size, math.ceil((self.target_kept - kept) / rate * 1.2)))
+            return WavePlan(0, {}, 0.0)
+        contrast = 0.0 if self.untargeted else self.contrast
+        view = self.contrast_view(modes, self.target_kept, context, say=False)
+        has = [any(c["class_index"] != m.class_index for c in m.confused_with) for m in view]
+        return plan_next_wave([m.mode_id for m in view], [m.score for m in view], has, records, self.target_kept,
+                              self.max_generated - len(records), contrast, self.batch_size)
 
-    def usable(self, kept: list[dict]) -> list[dict]:
-        """Kept records (in order) with each mode's contrast images capped at `contrast` of what it injects: they
-        skip the classifier filter, so more of them pass than of the mode's own."""
+    def usable(self, kept: list[dict], limit: int | None = None) -> list[dict]:
+        """Kept records that can be injected, in order, at most `limit`: each mode's contrast images stay within
+        `contrast` of what it injects (they skip the classifier filter, so more of them pass than of its own);
+        a contrast image waits until enough of its mode's own images come before it."""
         if not self.contrast:
-            return kept
-        own = Counter(r["mode_id"] for r in kept if r.get("role") != "contrast")
-        room = {m: math.floor(n * self.contrast / (1 - self.contrast) + 1e-9) for m, n in own.items()}
-        out = []
+            return kept[:limit]
+        own: Counter = Counter()
+        shown: Counter = Counter()
+        waiting: dict[str, list[dict]] = {}
+        out: list[dict] = []
         for r in kept:
+            if limit is not None and len(out) >= limit:
+                break
+            m = r["mode_id"]
             if r.get("role") == "contrast":
-                if room.get(r["mode_id"], 0) < 1:
-                    continue
-                room[r["mode_id"]] -= 1
-            out.append(r)
+                waiting.setdefault(m, []).append(r)
+            else:
+                out.append(r)
+                own[m] += 1
+            while waiting.get(m) and shown[m] < contrast_room(own[m], self.contrast) and (
+                    limit is None or len(out) < limit):
+                out.append(waiting[m].pop(0))
+                shown[m] += 1
         return out
 
     def verified(self, rnd, context: RemedyContext) -> tuple[list, list[dict]]:
@@ -254,9 +267,13 @@ class Text2ImageRemedy:
             plan_file = self._plan_file(round_dir, wave)
             if context.is_main and load_plan(plan_file) is None and modes:  # a resumed round keeps its plans
                 records = [r for r in read_manifest(self.output_dir) if r["round"] == rnd.index]
-                count = self.images_per_round if wave == 0 else self.next_wave_size(records)
-                if count > 0:
-                    save_plan(plan_file, self.plan_wave(rnd, modes, wave, count, context), rnd.modes)
+                nxt = WavePlan(self.images_per_round, None, 0.0) if wave == 0 else self.next_wave(rnd, modes, records,
+                                                                                                  context)
+                if nxt.count > 0:
+                    if wave:
+                        log.info("round %d, wave %d: %d images (expected to add %.0f usable)", rnd.index, wave,
+                                 nxt.count, nxt.expected_gain)
+                    save_plan(plan_file, self.plan_wave(rnd, modes, wave, nxt.count, context, nxt.contrast), rnd.modes)
             context.barrier("blindspot-plan")
             plan = load_plan(plan_file)
             if plan is None:
@@ -309,7 +326,7 @@ class Text2ImageRemedy:
         records.sort(key=lambda r: order[r["id"]])
         kept = [r for r in records if r["kept"]]
         usable = self.usable(kept)
-        injected = usable[: self.target_kept] if self.target_kept else usable
+        injected = self.usable(kept, self.target_kept)
         rejected: dict[str, int] = {}
         for r in records:  # counts come from the manifest: right even when the round was resumed
             if not r["kept"]:
