@@ -32,10 +32,15 @@ def swap_class(caption: str, old: str, new: str) -> str:
     return re.sub(rf"\b(a|an|A|An) ({re.escape(new)})\b", article, text)
 
 
+def confused_classes(mode: FailureMode) -> list[dict]:
+    """The other classes the mode's errors went to (its own class left out), most errors first."""
+    return [c for c in mode.confused_with if c["class_index"] != mode.class_index]
+
+
 def contrast_modes(mode: FailureMode, count: int) -> list[tuple[FailureMode, int]]:
     """The mode as seen from each class its errors are mistaken for (same captions and contexts, that class
     named instead), with `count` images split by how many errors went to each."""
-    confused = [c for c in mode.confused_with if c["class_index"] != mode.class_index]
+    confused = confused_classes(mode)
     if count < 1 or not confused:
         return []
     shares = allocate([c["errors"] for c in confused], count)

@@ -76,6 +76,7 @@ def plan_next_wave(mode_ids: Sequence[str], scores: Sequence[float], has_contras
     all_con = [(y.contrast_kept, y.contrast_generated) for y in yields.values()]
     own_fallback = _rate(sum(k for k, _ in all_own), sum(n for _, n in all_own), 0.5)
     con_fallback = _rate(sum(k for k, _ in all_con), sum(n for _, n in all_con), 0.5)
+    ratio = contrast / (1 - contrast)  # contrast images one own kept image carries
 
     def wave(count: int) -> tuple[float, dict[str, float]]:
         gain, shares = 0.0, {}
@@ -85,11 +86,10 @@ def plan_next_wave(mode_ids: Sequence[str], scores: Sequence[float], has_contras
             r_con = _rate(y.contrast_kept, y.contrast_generated, con_fallback)
             k = 0
             if can and contrast and n:  # contrast images until they match what the own ones will carry
-                ratio = contrast / (1 - contrast)
                 k = min(n, max(0, math.floor(((y.own_kept + r_own * n) * ratio - y.contrast_kept)
                                              / (r_con + r_own * ratio))))
             own_kept = y.own_kept + r_own * (n - k)
-            con_usable = min(y.contrast_kept + r_con * k, own_kept * contrast / (1 - contrast)) if contrast else 0.0
+            con_usable = min(y.contrast_kept + r_con * k, own_kept * ratio)
             gain += own_kept + con_usable - y.usable(contrast)
             shares[mode_id] = k / n if n else 0.0
         return gain, shares

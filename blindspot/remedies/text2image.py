@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..filters import Candidates, seeded_subset
-from ..generation.contrast import ContextCounts
+from ..generation.contrast import ContextCounts, confused_classes
 from ..generation.manifest import manifest_path, read_manifest
 from ..generation.rounds import (GenerationFailedError, PlanItem, RoundRunner, RoundStats, load_plan, plan_round,
                                  remove_strays, save_plan, split_budget)
@@ -201,31 +201,28 @@ class Text2ImageRemedy:
             return WavePlan(0, {}, 0.0)
         contrast = 0.0 if self.untargeted else self.contrast
         view = self.contrast_view(modes, self.target_kept, context, say=False)
-        has = [any(c["class_index"] != m.class_index for c in m.confused_with) for m in view]
+        has = [bool(confused_classes(m)) for m in view]
         return plan_next_wave([m.mode_id for m in view], [m.score for m in view], has, records, self.target_kept,
                               self.max_generated - len(records), contrast, self.batch_size)
 
-    def usable(self, kept: list[dict], limit: int | None = None) -> list[dict]:
-        """Kept records that can be injected, in order, at most `limit`: each mode's contrast images stay within
+    def usable(self, kept: list[dict]) -> list[dict]:
+        """Kept records that can be injected, in order: in every prefix, each mode's contrast images stay within
         `contrast` of what it injects (they skip the classifier filter, so more of them pass than of its own);
         a contrast image waits until enough of its mode's own images come before it."""
         if not self.contrast:
-            return kept[:limit]
+            return kept
         own: Counter = Counter()
         shown: Counter = Counter()
         waiting: dict[str, list[dict]] = {}
         out: list[dict] = []
         for r in kept:
-            if limit is not None and len(out) >= limit:
-                break
             m = r["mode_id"]
             if r.get("role") == "contrast":
                 waiting.setdefault(m, []).append(r)
             else:
                 out.append(r)
                 own[m] += 1
-            while waiting.get(m) and shown[m] < contrast_room(own[m], self.contrast) and (
-                    limit is None or len(out) < limit):
+            while waiting.get(m) and shown[m] < contrast_room(own[m], self.contrast):
                 out.append(waiting[m].pop(0))
                 shown[m] += 1
         return out
@@ -326,7 +323,7 @@ class Text2ImageRemedy:
         records.sort(key=lambda r: order[r["id"]])
         kept = [r for r in records if r["kept"]]
         usable = self.usable(kept)
-        injected = self.usable(kept, self.target_kept)
+        injected = usable[: self.target_kept] if self.target_kept else usable  # a prefix keeps the contrast share
         rejected: dict[str, int] = {}
         for r in records:  # counts come from the manifest: right even when the round was resumed
             if not r["kept"]:
