@@ -48,6 +48,16 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def checkpoint_predictions(ckpt: Path, images: torch.Tensor) -> torch.Tensor:
+    """Predicted classes of uint8 images by a run's saved classifier (the validation step's forward)."""
+    from lightning_modules.classifier import ImageClassifier
+
+    model = ImageClassifier.load_from_checkpoint(str(ckpt), map_location="cpu", optimizer=None, weights_only=False)
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(images[i : i + 256]).argmax(-1) for i in range(0, len(images), 256)])
+
+
 def table_cell(text: str) -> str:
     """A markdown table cell with its pipes escaped ('star|grass' would split the row)."""
     return text.replace("|", "\\|")

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from .common import checkpoint_predictions
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
 SCRATCH = ROOT / "outputs" / "benchmarks" / "vocabulary"
@@ -89,16 +91,6 @@ def train_erm(seed: int, run_dir: Path, epochs: int = 5) -> Path:
     if not ckpt.exists():
         raise RuntimeError(f"training seed {seed} ended without {ckpt}")
     return ckpt
-
-
-def val_predictions(ckpt: Path, images: torch.Tensor) -> torch.Tensor:
-    """Predicted classes of the validation images by the checkpoint's classifier."""
-    from lightning_modules.classifier import ImageClassifier
-
-    model = ImageClassifier.load_from_checkpoint(str(ckpt), map_location="cpu", optimizer=None, weights_only=False)
-    model.eval()
-    with torch.no_grad():  # exactly the validation step's forward: the loader's images, the model's normalisation
-        return torch.cat([model(images[i : i + 256]).argmax(-1) for i in range(0, len(images), 256)])
 
 
 def stand_in_predictions(labels: torch.Tensor, groups: torch.Tensor, group_names: list[str], class_names: list[str],
@@ -168,7 +160,7 @@ def run_seed(seed: int, quick: bool, scratch: Path, epochs: int) -> dict:
         ckpt = None
     else:
         ckpt = train_erm(seed, run_dir, epochs)
-        preds = val_predictions(ckpt, images)
+        preds = checkpoint_predictions(ckpt, images)
     train_seconds = time.perf_counter() - t0
     clip_cfg = OmegaConf.to_container(cfg.clip, resolve=True)
     clip = instantiate(clip_cfg) if "_target_" in clip_cfg else load_clip(**clip_cfg)

@@ -77,14 +77,12 @@ def test_every_compared_method_composes_with_the_quick_overrides():
             assert (cfg.data.train_per_class == 60) == quick, method
 
 
-def test_targeting_counts_kept_images_in_the_planted_group(tmp_path):
-    """Rendered ground truth as a 'kept pool': 6 stars on grass, 2 stars on sand, 2 (rejected) more on grass."""
-    from benchmarks.targeting import judge_run
+def fake_targeting_run(tmp_path):
+    """A run folder whose 'kept pool' is rendered ground truth: 6 stars on grass, 2 on sand, 2 (rejected) on grass."""
     from blindspot.generation.manifest import append_records, manifest_path
     from blindspot.images import save_png
-    from blindspot.world.oracle import load_oracle
     from blindspot.world.render import render
-    from blindspot.world.spec import BACKGROUNDS, CLASSES, WorldSpec
+    from blindspot.world.spec import BACKGROUNDS, CLASSES
 
     backgrounds = ["grass"] * 6 + ["sand"] * 2 + ["grass"] * 2
     n = len(backgrounds)
@@ -101,9 +99,40 @@ def test_targeting_counts_kept_images_in_the_planted_group(tmp_path):
               "metrics": {"test": {"per_group": {"star|grass": 0.5}}}}
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "report.json").write_text(json.dumps(report))
+
+
+def test_targeting_counts_kept_images_in_the_planted_group(tmp_path):
+    """Of the 8 kept stars, the oracle puts 6 on grass."""
+    from benchmarks.targeting import judge_run
+    from blindspot.world.oracle import load_oracle
+    from blindspot.world.spec import WorldSpec
+
+    fake_targeting_run(tmp_path)
     [row] = judge_run(tmp_path, load_oracle(), WorldSpec())
     assert row["kept_of_class"] == 8 and row["in_group"] == 6 and row["in_group_share"] == pytest.approx(0.75)
-    assert row["class_agreement"] == 1.0 and row["test_acc"] == 0.5
+    assert row["class_agreement"] == 1.0 and row["test_acc"] == 0.5 and "transfer_gap" not in row
+
+
+def test_targeting_transfer_compares_kept_images_with_real_renders_of_the_slice(tmp_path):
+    """Real renders of a slice are that slice (oracle); a classifier's accuracy on both sides gives the gap."""
+    from benchmarks.targeting import accuracy, judge_run, slice_renders
+    from blindspot.world.oracle import load_oracle
+    from blindspot.world.spec import CLASSES, WorldSpec
+
+    spec, oracle = WorldSpec(), load_oracle()
+    renders = slice_renders(spec, "cross", "size", "small", n=64)
+    read = oracle.predict(renders)
+    assert renders.dtype == torch.uint8 and len(renders) == 64
+    assert (read["class"] == CLASSES.index("cross")).float().mean() > 0.95
+    assert (read["size"] == spec.sizes.index("small")).float().mean() > 0.95
+    assert len(set(read["background"].tolist())) > 3  # the other attributes vary
+    assert accuracy(lambda x: torch.full((len(x),), CLASSES.index("cross")), renders, "cross", spec) == 1.0
+    assert accuracy(lambda x: torch.zeros(len(x), dtype=torch.long), renders, "cross", spec) == 0.0
+
+    fake_targeting_run(tmp_path)
+    [row] = judge_run(tmp_path, oracle, spec, predict=lambda x: oracle.predict(x)["class"])
+    assert row["generated_acc"] == 1.0 and row["real_acc"] > 0.95
+    assert row["transfer_gap"] == pytest.approx(row["generated_acc"] - row["real_acc"])
 
 
 def test_compare_keeps_the_rows_of_methods_not_run_again(tmp_path):

@@ -123,6 +123,44 @@ def test_contrast_images_show_the_confused_class_and_stay_within_their_share(tmp
         Text2ImageRemedy(NoiseBackend(), contrast=1.0)
 
 
+def test_real_neighbours_inject_the_nearest_training_images_of_the_modes_class_once_per_run(tmp_path):
+    """Members sit near training images 0-2 (star) and 7 (cross): the star mode gets 0-2 first, never a cross."""
+    from blindspot.images import load_image
+    from blindspot.loop import Split
+
+    train_images = torch.stack([torch.full((3, 8, 8), i * 20, dtype=torch.uint8) for i in range(10)])
+    train_labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    train_emb = torch.eye(10)[:, :6] + 0.01
+    train_emb[7] = train_emb[0]  # a cross that looks like the members: the wrong class, never taken
+    val_emb = torch.stack([train_emb[0], train_emb[1], train_emb[2]])
+    split = Split(10, lambda idx: train_images[idx], "train")
+    ctx = context(progress=False, val_embeddings=val_emb, embed=lambda s: train_emb, train=lambda: (split, train_labels))
+    remedy = Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path), images_per_round=6, batch_size=8,
+                              real_neighbours=3)  # 3 of the round's 6 images are real, 3 generated
+    remedy.prepare(ctx)
+    first = remedy(Round(0, 0, [mode(0, "star")]), ctx)
+    real = [r for r in first.records if r.get("source") == "real_neighbour"]
+    assert sorted(r["train_index"] for r in real) == [0, 1, 2] and {r["label"] for r in real} == {0}
+    assert first.stats["real_neighbours"] == 3 and first.stats["injected"] == 6 == len(first.records)
+    assert first.stats["generated"] == 3
+    assert torch.equal(load_image(real[0]["path"]), train_images[real[0]["train_index"]])  # the training image itself
+    resumed = Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path), images_per_round=6, batch_size=8,
+                               real_neighbours=3)
+    resumed.load_state_dict(json.loads(json.dumps(remedy.state_dict())))
+    second = resumed(Round(1, 2, [mode(0, "star")]), ctx)  # round 1: star images 0-2 are taken, 3-4 remain
+    assert sorted(r["train_index"] for r in second.records if r.get("source") == "real_neighbour") == [3, 4]
+    extra = Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path / "extra"), images_per_round=6,
+                             batch_size=8, real_neighbours=3, neighbours_in_budget=False)  # on top: 6 + 3
+    on_top = extra(Round(0, 0, [mode(0, "star")]), ctx)
+    assert on_top.stats["generated"] == 6 and on_top.stats["injected"] == 9 == len(on_top.records)
+    with pytest.raises(ValueError, match="remedy.real_neighbours=3 .* set remedy.real_neighbours=0"):
+        Text2ImageRemedy(NoiseBackend(), real_neighbours=3).prepare(context(progress=False))
+    with pytest.raises(ValueError, match="remedy.real_neighbours"):
+        Text2ImageRemedy(NoiseBackend(), real_neighbours=-1)
+    with pytest.raises(ValueError, match="below remedy.target_kept"):
+        Text2ImageRemedy(NoiseBackend(), target_kept=8, real_neighbours=8)
+
+
 def test_without_target_kept_one_wave_is_made_and_everything_kept_is_injected(tmp_path):
     remedy = Text2ImageRemedy(NoiseBackend(), {"every_third": KeepEveryThird()}, output_dir=str(tmp_path),
                               images_per_round=12, batch_size=8)

@@ -7,6 +7,11 @@ The round is generated in waves: the first has `images_per_round` images; with `
 images can carry; at most `max_generated_per_kept` x `target_kept` images in all) run until the round keeps that
 many, and exactly `target_kept` are injected, so methods are compared at equal injected images. Every wave's plan
 is written before its first image, so a killed round resumes exactly (blindspot.generation.rounds).
+
+With `real_neighbours` set, that many of the round's injected images are real training images nearest in CLIP space
+to its modes' members (of each mode's class, none twice in a run) and generation makes the rest (or, with
+`neighbours_in_budget` false, they come on top of the generated ones): generated images teach the slice as the generator draws
+it, and these carry it over to real images of the slice (upsampling, as JTT does, but of the discovered slices).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from pathlib import Path
 
 import torch
 
+from ..baselines.retrieval import select_for_modes
 from ..filters import Candidates, seeded_subset
 from ..generation.contrast import ContextCounts, confused_classes
 from ..generation.manifest import manifest_path, read_manifest
 from ..generation.rounds import (GenerationFailedError, PlanItem, RoundRunner, RoundStats, load_plan, plan_round,
                                  remove_strays, save_plan, split_budget)
 from ..generation.waves import WavePlan, contrast_room, plan_next_wave
-from ..images import load_image
+from ..images import load_image, save_png
 from ..loop import Split
 from .base import RemedyContext, RemedyResult, check_writable
 
@@ -47,7 +53,8 @@ class Text2ImageRemedy:
                  prompts=None, verify=None, prompts_per_mode: int = 2, caption_weighting: str = "score",
                  prompt_template: str = "{caption}", untargeted: bool = False,
                  untargeted_template: str = "a photo of a {cls}", contrast: float = 0.0, batch_size: int = 64,
-                 max_failure_fraction: float = 0.1, max_waves: int = 6, seed: int = 0):
+                 max_failure_fraction: float = 0.1, max_waves: int = 6, real_neighbours: int = 0,
+                 neighbours_in_budget: bool = True, seed: int = 0):
         if images_per_round < 1:
             raise ValueError(f"remedy.images_per_round={images_per_round}: the generation budget must be >= 1 "
                              "(use +augment=none to train without generated images)")
@@ -65,8 +72,18 @@ class Text2ImageRemedy:
                              "is generated)")
         if not 0.0 <= max_failure_fraction <= 1.0:
             raise ValueError(f"remedy.max_failure_fraction={max_failure_fraction}: must be in [0, 1]")
+        if real_neighbours < 0:
+            raise ValueError(f"remedy.real_neighbours={real_neighbours}: the real training images injected per round "
+                             "beside the generated ones must be >= 0 (0: none)")
         if caption_weighting not in CAPTION_WEIGHTINGS:
             raise ValueError(f"remedy.caption_weighting={caption_weighting!r}: use one of {CAPTION_WEIGHTINGS}")
+        if neighbours_in_budget and real_neighbours >= (target_kept or images_per_round):
+            raise ValueError(f"remedy.real_neighbours={real_neighbours}: real training images take that share of the "
+                             f"round's {target_kept or images_per_round} images; it must be below "
+                             f"remedy.{'target_kept' if target_kept else 'images_per_round'} so some are generated")
+        if real_neighbours and neighbours_in_budget:  # part of the round's images: generation makes the rest
+            images_per_round -= real_neighbours
+            target_kept = target_kept - real_neighbours if target_kept else None
         self.generator = generator
         self.prompts = prompts  # a PromptComposer (diverse contexts), or None: the mode's top captions as they are
         self.verify = verify  # a ProbeVerifier (probe each caption before spending), or None
@@ -81,10 +98,15 @@ class Text2ImageRemedy:
         self._context_counts: ContextCounts | None = None  # read once per run, when contrast images are planned
         self.batch_size, self.max_failure_fraction, self.max_waves, self.seed = (batch_size, max_failure_fraction,
                                                                                  max_waves, seed)
+        self.real_neighbours = real_neighbours
+        self.neighbours_taken: list[int] = []  # training indices already injected again by real_neighbours
 
     def prepare(self, context: RemedyContext) -> None:
         """Before training: the output folder is writable and the generator loads."""
         check_writable(self.output_dir, "remedy.output_dir")
+        if self.real_neighbours and context.train() is None:
+            raise ValueError(f"remedy.real_neighbours={self.real_neighbours} injects real training images near each "
+                             "mode and this datamodule gives none: set remedy.real_neighbours=0")
         if hasattr(self.generator, "pipe"):
             _ = self.generator.pipe
 
@@ -287,10 +309,50 @@ class Text2ImageRemedy:
         if context.is_main:
             remove_strays(round_dir / "images", {self._item_path(round_dir, i) for i in order})
         result = self._result(rnd, context, total, order)
+        if self.real_neighbours:
+            neighbours = self.neighbour_records(rnd, context)
+            result.records += neighbours
+            result.stats["injected"] += len(neighbours)
+            result.stats["real_neighbours"] = len(neighbours)
         result.stats["probes"] = context.broadcast(probes)
         result.stats["filter_thresholds"] = {f.name: f.max_similarity for f in self.filters if hasattr(f, "calibrate")}
         result.stats["modes_verified"] = context.broadcast(len(modes) if modes is not None else 0)
         return result
+
+    def neighbour_records(self, rnd, context: RemedyContext) -> list[dict]:
+        """The real training images nearest to the round's modes (of each mode's class, none taken before), written
+        once as PNGs on rank 0; every rank gets the same records."""
+        records = None
+        if context.is_main:
+            split, labels = context.train()
+            picks = select_for_modes(rnd.modes, context.val_embeddings, context.embed(split), labels,
+                                     self.real_neighbours, self.neighbours_taken)
+            folder = self.output_dir / f"round_{rnd.index}" / "real_neighbours"
+            folder.mkdir(parents=True, exist_ok=True)
+            records = []
+            for start in range(0, len(picks), self.batch_size):
+                batch = picks[start : start + self.batch_size]
+                for p, image in zip(batch, split.images([p.pool_index for p in batch])):
+                    path = folder / f"train_{p.pool_index:07d}.png"
+                    if not path.is_file():  # a resumed round finds the same picks already written
+                        save_png(image, path)
+                    records.append({"path": str(path), "label": p.label, "source": "real_neighbour",
+                                    "round": rnd.index, "mode_id": p.mode_id, "train_index": p.pool_index,
+                                    "similarity": p.similarity})
+            log.info("round %d: %d real training images near its modes injected again (remedy.real_neighbours)",
+                     rnd.index, len(records))
+        records = context.broadcast(records)
+        context.barrier("blindspot-neighbours")  # files are written before any rank reads them
+        self.neighbours_taken += [r["train_index"] for r in records]
+        return records
+
+    def state_dict(self) -> dict:
+        """Training indices already injected again by real_neighbours."""
+        return {"neighbours_taken": list(self.neighbours_taken)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`."""
+        self.neighbours_taken = [int(i) for i in state.get("neighbours_taken", [])]
 
     @staticmethod
     def _item_path(round_dir: Path, item_id: str) -> str:
