@@ -38,7 +38,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the config's)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (the minimum counts)")
     args = p.parse_args()
-    common = ["data.train_per_class=100", "data.test_per_group=2", "trainer.max_epochs=2"] if args.quick else []
+    common = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
+              "trainer.max_epochs=2"] if args.quick else []  # quick: a plumbing check, not the number
     common += [f"trainer.max_epochs={args.epochs}"] if args.epochs and not args.quick else []
     discovery = ["+augment=failure_diffusion", "loop.remedy=null",
                  "loop.start_epoch=1", "loop.every_n_epochs=1",

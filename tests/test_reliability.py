@@ -63,30 +63,37 @@ def finish(proc, timeout=600):
 
 
 def test_kill_during_generation_then_resume_loses_and_repeats_nothing(tiny_models, tmp_path):
+    """One run killed three times (just started, mid-round, every image made) and resumed each time: each kill
+    leaves whole images only, and the run ends with exactly the clean run's images and pool."""
     reference = tmp_path / "reference"
     finish(start(headline(tiny_models, reference)))
     expected = pool_of(reference / "checkpoints" / "last.ckpt")
     made = len(records(reference))  # waves until remedy.target_kept (= BUDGET) are kept, at most 2 x BUDGET
     assert BUDGET <= made <= 2 * BUDGET and expected
+    run = tmp_path / "killed"
     for name, kill_at in (("early", 2), ("middle", made // 2), ("end", made)):
-        run = tmp_path / name
-        proc = start(headline(tiny_models, run))
+        before = len(records(run))
+        proc = start(headline(tiny_models, run, extra=[f"resume={run}"] if before else []))
         deadline = time.time() + 300
         while proc.poll() is None and len(records(run)) < kill_at and time.time() < deadline:
             time.sleep(0.02)
+        assert proc.poll() is None or name == "end", f"{name}: the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        written = len(records(run))
-        assert written >= min(kill_at, 1), f"{name}: killed before any image was recorded"
-        finish(start(headline(tiny_models, run, extra=[f"resume={run}"])))
         recs = records(run)
-        assert len(recs) == made, f"{name}: the round must end with exactly the clean run's count"
-        assert len({(r["mode_id"], r["seed"]) for r in recs}) == made, f"{name}: an image was made twice"
-        for r in recs:
-            assert load_image(r["path"]).shape == (3, 32, 32)
-        images = {p.name for p in (run / "generated" / "round_0" / "images").iterdir()}
-        assert images == {Path(r["path"]).name for r in recs}, f"{name}: orphan files left behind"
-        assert pool_of(run / "checkpoints" / "last.ckpt") == expected, f"{name}: the pool differs from a clean run"
+        assert len(recs) >= kill_at > before, f"{name}: killed before the images it was meant to make"
+        assert len({(r["mode_id"], r["seed"]) for r in recs}) == len(recs), f"{name}: an image was made twice"
+        for r in recs:  # every recorded image is whole: written before it was recorded
+            assert load_image(r["path"]).shape == (3, 32, 32), f"{name}: {r['path']}"
+    finish(start(headline(tiny_models, run, extra=[f"resume={run}"])))
+    recs = records(run)
+    assert len(recs) == made, "the round must end with exactly the clean run's count"
+    assert len({(r["mode_id"], r["seed"]) for r in recs}) == made, "an image was made twice"
+    for r in recs:
+        assert load_image(r["path"]).shape == (3, 32, 32)
+    images = {p.name for p in (run / "generated" / "round_0" / "images").iterdir()}
+    assert images == {Path(r["path"]).name for r in recs}, "orphan files left behind"
+    assert pool_of(run / "checkpoints" / "last.ckpt") == expected, "the pool differs from a clean run"
 
 
 def test_resume_after_a_round_restores_modes_pool_counters_and_continues(compose_cfg, tmp_path, tiny_models):
