@@ -15,6 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
+# the quick (--quick) benchmarks' miniature run of the default world: tiny splits, two epochs
+QUICK_RUN = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
+             "trainer.max_epochs=2"]
 
 
 def machine(threads: int | None = None) -> dict:

@@ -27,15 +27,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .common import table_cell
+from .common import QUICK_RUN, table_cell
 from .runs import claimed, reusable_report
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["none", "jtt", "group_dro_oracle", "group_dro_discovered", "dfr", "dfr_discovered", "retrieval",
            "untargeted_diffusion", "failure_diffusion", "failure_edit", "ceiling"]
 CEILING = "ceiling"  # ERM with the world's blind spots filled by real renders at their natural rate
-QUICK = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
-         "trainer.max_epochs=2", "loop.start_epoch=1", "remedy.images_per_round=8", "generator.num_inference_steps=2",
+QUICK = [*QUICK_RUN, "loop.start_epoch=1", "remedy.images_per_round=8", "generator.num_inference_steps=2",
          "editor.num_inference_steps=2",
          "discovery.min_support=3", "discovery.min_error_gap=0.0", "callbacks.jtt.identification_epochs=1"]
 LOOP = {"group_dro_discovered", "dfr_discovered", "retrieval", "untargeted_diffusion", "failure_diffusion",

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import machine, write
+from .common import QUICK_RUN, machine, write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the config's)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (the minimum counts)")
     args = p.parse_args()
-    common = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
-              "trainer.max_epochs=2"] if args.quick else []  # quick: a plumbing check, not the number
+    common = list(QUICK_RUN) if args.quick else []  # quick: a plumbing check, not the number
     common += [f"trainer.max_epochs={args.epochs}"] if args.epochs and not args.quick else []
     discovery = ["+augment=failure_diffusion", "loop.remedy=null",
                  "loop.start_epoch=1", "loop.every_n_epochs=1",

@@ -15,12 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import machine, write
+from .common import QUICK_RUN, machine, write
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["data.train_per_class=60", "data.val_per_group=6", "data.test_per_group=2", "data.batch_size=32",
-         "trainer.max_epochs=2",
-         "generator.num_inference_steps=2",
+QUICK = [*QUICK_RUN, "generator.num_inference_steps=2",
          "loop.start_epoch=1", "remedy.images_per_round=16",
          "discovery.min_support=3", "discovery.min_error_gap=0.0"]
 
