@@ -62,6 +62,14 @@ def finish(proc, timeout=600):
     assert proc.returncode == 0, err[-3000:]
 
 
+def whole_and_unique(recs: list[dict], when: str) -> list[dict]:
+    """The manifest records, checked: no image made twice, and every recorded image whole on disk."""
+    assert len({(r["mode_id"], r["seed"]) for r in recs}) == len(recs), f"{when}: an image was made twice"
+    for r in recs:  # written before it was recorded
+        assert load_image(r["path"]).shape == (3, 32, 32), f"{when}: {r['path']}"
+    return recs
+
+
 def test_kill_during_generation_then_resume_loses_and_repeats_nothing(tiny_models, tmp_path):
     """One run killed three times (just started, mid-round, every image made) and resumed each time: each kill
     leaves whole images only, and the run ends with exactly the clean run's images and pool."""
@@ -80,17 +88,11 @@ def test_kill_during_generation_then_resume_loses_and_repeats_nothing(tiny_model
         assert proc.poll() is None or name == "end", f"{name}: the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        recs = records(run)
+        recs = whole_and_unique(records(run), name)
         assert len(recs) >= kill_at > before, f"{name}: killed before the images it was meant to make"
-        assert len({(r["mode_id"], r["seed"]) for r in recs}) == len(recs), f"{name}: an image was made twice"
-        for r in recs:  # every recorded image is whole: written before it was recorded
-            assert load_image(r["path"]).shape == (3, 32, 32), f"{name}: {r['path']}"
     finish(start(headline(tiny_models, run, extra=[f"resume={run}"])))
-    recs = records(run)
+    recs = whole_and_unique(records(run), "resumed to the end")
     assert len(recs) == made, "the round must end with exactly the clean run's count"
-    assert len({(r["mode_id"], r["seed"]) for r in recs}) == made, "an image was made twice"
-    for r in recs:
-        assert load_image(r["path"]).shape == (3, 32, 32)
     images = {p.name for p in (run / "generated" / "round_0" / "images").iterdir()}
     assert images == {Path(r["path"]).name for r in recs}, "orphan files left behind"
     assert pool_of(run / "checkpoints" / "last.ckpt") == expected, "the pool differs from a clean run"
