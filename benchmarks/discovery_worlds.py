@@ -29,11 +29,13 @@ from pathlib import Path
 import torch
 from lightning import Callback
 
+from .common import table_cell
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
 METHOD = "failure_diffusion"
 OUT = ROOT / "outputs" / "discovery_worlds"
-CAPTURE_VERSION = 2  # 1: captures stopped by a shorter max_epochs (another LR schedule than the run's)
+CAPTURE_VERSION = 3  # 1: stopped by a shorter max_epochs (another LR schedule than the run's); 2: no train embeddings
 
 
 class CaptureDiscoveryInputs(Callback):
@@ -66,16 +68,19 @@ class CaptureDiscoveryInputs(Callback):
                    "groups": torch.as_tensor(dm.val_set.groups), "embeddings": emb.cpu(),
                    "class_names": list(dm.class_names), "group_names": list(dm.group_names),
                    "planted": dm.planted_slices(), "rounds": [r.to_dict() for r in self.loop.rounds]}
+        train = Split(len(dm.train_set), dm.train_images, dm.train_fingerprint())
+        capture["train_embeddings"] = self.loop.embed(train, progress=False).cpu()
+        capture["train_labels"] = torch.as_tensor(dm.train_set.labels)
         tmp = self.path.with_suffix(".tmp")
         torch.save(capture, tmp)
         os.replace(tmp, self.path)
 
 
-def suite_jobs(config: str, worlds: list[str] | None):
+def suite_jobs(config: str, worlds: list[str] | None, overrides: list[str] = ()):
     """The suite's failure_diffusion jobs (world, seed, overrides) of a suite configuration."""
     from . import suite
 
-    cfg = suite.load_config(config)
+    cfg = suite.load_config(config, list(overrides))
     spec, all_worlds = suite.build_worlds(cfg)
     jobs = [j for j in suite.plan(cfg, spec, all_worlds, ROOT / "outputs" / "suite") if j.method == METHOD]
     return [j for j in jobs if worlds is None or j.world in worlds]
@@ -156,14 +161,45 @@ def score(cap: dict, args: list[str]) -> list[dict]:
     loop = hydra.utils.instantiate(cfg.loop, remedy=None, _convert_="all")
     modes, _ = loop.discover(cap["embeddings"], cap["labels"], cap["preds"], cap["class_names"])
     result = score_discovery(modes, cap["planted"], cap["groups"], cap["group_names"])
+    coverage = mode_coverage(cap, modes)
+    alt = {name: score_discovery(order, cap["planted"], cap["groups"], cap["group_names"])["planted"]
+           for name, order in reranked(modes, coverage).items()}
     in_run = [(m["class_name"], sorted(m["members"])) for m in cap["rounds"][0]["modes"]] if cap["rounds"] else []
     same = in_run == [(m.class_name, sorted(m.members)) for m in modes]
     rows = []
-    for p, match in zip(cap["planted"], result["planted"]):
+    for i, (p, match) in enumerate(zip(cap["planted"], result["planted"])):
         n, errors = slice_val_errors(cap, p)
         rows.append({**match, "class": p.get("class"), "val_samples": n, "val_errors": errors, "same_as_run": same,
-                     "modes": [f"{m.class_name}: {m.caption!r} ({m.support}, {m.error_rate:.0%})" for m in modes]})
+                     "modes": [f"{m.class_name}: {m.caption!r} ({m.support}, {m.error_rate:.0%})" for m in modes],
+                     "coverage": coverage, "reranked": {name: a[i] for name, a in alt.items()}})
     return rows
+
+
+def mode_coverage(cap: dict, modes: list) -> list[dict]:
+    """Each handed mode's majority ground-truth group, slice score and training coverage (if the capture has the
+    training embeddings)."""
+    from blindspot.discovery.coverage import train_coverage
+    from blindspot.groundtruth import majority_group
+
+    cover = (train_coverage(modes, cap["embeddings"], cap["labels"], cap["train_embeddings"], cap["train_labels"])
+             if "train_embeddings" in cap else [None] * len(modes))
+    planted = {g for p in cap["planted"] for g in p.get("groups", [p["group"]])}
+    out = []
+    for m, c in zip(modes, cover):
+        group, share = majority_group(m, cap["groups"], cap["group_names"])
+        out.append({"class": m.class_name, "group": group, "share": share, "planted": group in planted,
+                    "score": m.score, "error_rate": m.error_rate, "support": m.support, "coverage": c})
+    return out
+
+
+def reranked(modes: list, coverage: list[dict]) -> dict[str, list]:
+    """The handed modes in other orders, for scoring offline: least covered by training images first, and the
+    slice score discounted by coverage (score × (1 − coverage))."""
+    if not modes or coverage[0]["coverage"] is None:
+        return {}
+    pairs = list(zip(modes, (c["coverage"] for c in coverage)))
+    return {"least_covered": [m for m, _ in sorted(pairs, key=lambda p: p[1])],
+            "score_x_uncovered": [m for m, _ in sorted(pairs, key=lambda p: -p[0].score * (1 - p[1]))]}
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -191,6 +227,10 @@ def markdown(result: dict) -> str:
         s = v["summary"]
         lines.append(f"| {v['name']} | `{' '.join(v['overrides']) or '(defaults)'}` | {s['found']} | {s['caption_hit']} | "
                      f"{s['handed']} | {s['found_failed']} |")
+        for order, r in v.get("reranked", {}).items():
+            lines.append(f"| {v['name']}, handed modes re-ranked offline: {order} | – | {r['found']} | "
+                         f"{r['caption_hit']} | {r['handed']} | {r['found_failed']} |")
+    lines += coverage_table(result["variants"][0]["slices"])
     lines += ["", "## Per slice", "", "| slice | ERM | val errors / samples | " + " | ".join(
         v["name"] for v in result["variants"]) + " |", "|---|---|---|" + "---|" * len(result["variants"])]
     first = result["variants"][0]["slices"]
@@ -200,19 +240,42 @@ def markdown(result: dict) -> str:
             r = v["slices"][i]
             cells.append(("found" if r["found"] else f"rank {r['rank'] + 1}" if r["handed"] else "missed")
                          + (", caption" if r["caption_hit"] else ""))
-        lines.append(f"| {row['world']}:{row['group']} | {row['status'] or '?'} | {row['val_errors']} / "
+        lines.append(f"| {row['world']}:{table_cell(row['group'])} (seed {row.get('seed', '?')}) | {row['status'] or '?'} | "
+                     f"{row['val_errors']} / "
                      f"{row['val_samples']} | " + " | ".join(cells) + " |")
     lines += ["", f"Machine: {result['machine']}; captures made this run: {result['captured']}."]
     return "\n".join(lines) + "\n"
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Rates over the slices ERM fails or partly fails (as the suite counts them)."""
+def coverage_table(rows: list[dict]) -> list[str]:
+    """The handed modes of each capture with their majority group, slice score and training coverage."""
+    lines, seen = [], set()
+    for r in rows:
+        key = (r["world"], r.get("seed"))
+        if key in seen or not r.get("coverage") or r["coverage"][0]["coverage"] is None:
+            continue
+        seen.add(key)
+        cells = [f"{table_cell(c['group'] or '?')}{' (planted)' if c['planted'] else ''}: score "
+                 f"{c['score']:.2f}, error {c['error_rate']:.0%} of {c['support']}, coverage {c['coverage']:.2f}"
+                 for c in r["coverage"]]
+        lines.append(f"| {r['world']} | {r.get('seed', '?')} | " + "<br>".join(cells) + " |")
+    if not lines:
+        return []
+    return ["", "## Training coverage of the handed modes", "",
+            "Coverage: the share of the class's validation samples that lie farther from their 5th nearest same-class "
+            "training image (CLIP cosine) than the mode's median member (0 = the least covered part of the class, "
+            "`blindspot/discovery/coverage.py`). A mode is named by the ground-truth group most of its members are in; "
+            "(planted) marks a planted slice's group.", "",
+            "| world | seed | handed modes, in rank order |", "|---|---|---|"] + lines
+
+
+def summarise(rows: list[dict], order: str | None = None) -> dict:
+    """Rates over the slices ERM fails or partly fails (as the suite counts them); `order`: a re-ranking's."""
     counted = [r for r in rows if r["status"] != "not failed by ERM"]
     failed = [r for r in rows if r["status"] == "failed by ERM"]
 
     def rate(items, key):
-        return f"{sum(bool(r[key]) for r in items)} / {len(items)}"
+        return f"{sum(bool((r['reranked'][order] if order else r)[key]) for r in items)} / {len(items)}"
 
     return {"found": rate(counted, "found"), "caption_hit": rate(counted, "caption_hit"),
             "handed": rate(counted, "handed"), "found_failed": rate(failed, "found"), "n": len(counted),
@@ -223,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     import platform
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the suite config, e.g. 'seeds=[0,1]'")
     parser.add_argument("--config", default="repair", help="conf/suite/<name>.yaml whose failure_diffusion runs to capture")
+    parser.add_argument("--suite-json", action="append", default=[], type=Path,
+                        help="suite results giving the ERM status of each slice (repeatable: one per seed; "
+                             "default results/suite_<config>.json)")
     parser.add_argument("--worlds", help="comma-separated world names (default: all)")
     parser.add_argument("--variant", action="append", default=[], help="name=override,override (repeatable)")
     parser.add_argument("--workers", type=int, default=2)
@@ -233,13 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     config = "quick" if a.quick else a.config
     stem = a.stem or ("discovery_worlds_quick" if a.quick else "discovery_worlds")
-    jobs = suite_jobs(config, a.worlds.split(",") if a.worlds else None)
+    jobs = suite_jobs(config, a.worlds.split(",") if a.worlds else None, a.overrides)
     threads = max(1, (os.cpu_count() or 1) // max(1, a.workers))
     made = sum(not capture_path(j, a.out).is_file() for j in jobs)
     with ThreadPoolExecutor(max_workers=max(1, a.workers)) as pool:
         paths = list(pool.map(lambda j: capture(j, threads, a.out), jobs))
-    suite_result = json.loads((RESULTS / f"suite_{config}.json").read_text()) \
-        if (RESULTS / f"suite_{config}.json").is_file() else {}
+    statuses = {}  # seed -> that seed's suite result
+    for path in a.suite_json or [p for p in [RESULTS / f"suite_{config}.json"] if p.is_file()]:
+        found = json.loads(path.read_text())
+        for seed in found.get("settings", {}).get("seeds", []):
+            statuses[int(seed)] = found
     variants = [("defaults", [])] + [parse_variant(v) for v in a.variant]
     result = {"config": config, "machine": f"{platform.node()} ({os.cpu_count()} cores)",
               "captured": made, "variants": []}
@@ -248,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         for job, path in zip(jobs, paths):
             cap = torch.load(path, weights_only=False)
             for r in score(cap, [*job.args, *overrides]):
-                rows.append({"world": job.world, "status": erm_status(suite_result, job.world, r["group"]), **r})
-        result["variants"].append({"name": name, "overrides": overrides, "slices": rows, "summary": summarise(rows)})
+                rows.append({"world": job.world, "seed": job.seed,
+                             "status": erm_status(statuses.get(job.seed, {}), job.world, r["group"]), **r})
+        result["variants"].append({"name": name, "overrides": overrides, "slices": rows, "summary": summarise(rows),
+                                   "reranked": {o: summarise(rows, o) for o in (rows[0]["reranked"] if rows else {})}})
         print(f"[discovery] {name}: {result['variants'][-1]['summary']}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))

@@ -274,6 +274,21 @@ def discovery_of(report: dict, group: str) -> dict | None:
     return None
 
 
+def outranked_by(report: dict, group: str) -> dict | None:
+    """For a planted slice outside the first round's top-k: its rank and test accuracy at that round, and the
+    top-k modes' majority groups with theirs (what discovery ranked first instead); None when it was found."""
+    d = discovery_of(report, group)
+    rounds = report.get("rounds") or []
+    if d is None or d.get("found") or not rounds:
+        return None
+    k = (report.get("discovery") or {}).get("k") or 0
+    at_round = (report.get("metrics", {}).get("baseline_test", {}).get("per_group") or {}).get(group)
+    above = [{"group": m.get("majority_group"), "share": m.get("majority_share"),
+              "acc_at_round": m.get("group_acc_before"), "caption": m.get("caption")}
+             for m in rounds[0].get("modes", [])[:k]]
+    return {"rank": d.get("rank"), "acc_at_round": at_round, "modes": above}
+
+
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return statistics.mean(values) if values else None
@@ -285,6 +300,7 @@ def evaluate(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld],
     thresholds = dict(cfg.thresholds)
     methods = list(cfg.methods) + ([CEILING] if cfg.get("ceiling", True) else [])
     repaired = [m for m in cfg.methods if m != cfg.baseline]
+    who = cfg.get("discovery_method", "failure_diffusion")
     slices, per_world = [], []
     for w in worlds:
         row = {"world": w.name, "role": w.role, **w.describe(spec), "methods": {}}
@@ -301,6 +317,7 @@ def evaluate(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld],
             acc = {m: _mean([slice_accuracy(r, s) for r in reports.get((w.name, m), [])]) for m in methods}
             erm, ceiling = acc.get(cfg.baseline), acc.get(CEILING)
             found, hit, handed = {}, {}, {}
+            missed = [o for r in reports.get((w.name, who), []) if (o := outranked_by(r, s["group"]))]
             for m in methods:
                 scores = [discovery_of(r, s["group"]) for r in reports.get((w.name, m), [])]
                 scores = [d for d in scores if d is not None]
@@ -315,7 +332,7 @@ def evaluate(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld],
                            "status": slice_status(erm, thresholds),
                            "gap_closed": {m: gap_closed(acc.get(m), erm, ceiling, thresholds["min_gap"])
                                           for m in repaired},
-                           "found": found, "caption_hit": hit, "handed": handed})
+                           "found": found, "caption_hit": hit, "handed": handed, "outranked_by": missed})
     return {"slices": slices, "per_world": per_world,
             "summary": summarise(cfg, slices, per_world, repaired, thresholds)}
 
@@ -418,6 +435,7 @@ def markdown(result: dict) -> str:
         cells += [_pct(found), _pct(hit), _pct(handed), s["status"] or "–"]
         lines.append(f"| {s['world']} | {table_cell(s['group'])} | {s['rate']:g} | {s['shortcut'] or 'no'} | "
                      + " | ".join(cells) + " |")
+    lines += missed_table(result["slices"], th)
     lines += ["", "## Per world: test average / worst-group accuracy", "",
               "| world | blind spots | " + " | ".join(heads) + " |",
               "|---|---|" + "---|" * (len(methods) + 1)]
@@ -442,6 +460,34 @@ def markdown(result: dict) -> str:
               + (f", load average {e['load_average_at_end'][1]:.1f} (5 min) at the end"
                  if e.get("load_average_at_end") else "") for e in result["invocations"]]
     return "\n".join(lines) + "\n"
+
+
+def markdown_missed_rows(slices: list[dict]) -> list[str]:
+    """A table row for each (slice, seed) ERM fails or partly fails that the first round left out of its top-k."""
+    rows = []
+    for s in slices:
+        if s["status"] in (STATUS_NOT_FAILED, None):
+            continue
+        for o in s.get("outranked_by", []):
+            rank = "not handed" if o["rank"] is None else f"{o['rank'] + 1}"
+            above = "; ".join(f"{table_cell(m['group'] or '?')} ({_pct(m['share'])} of members, "
+                              f"{_pct(m['acc_at_round'])})" for m in o["modes"]) or "–"
+            rows.append(f"| {s['world']} | {table_cell(s['group'])} | {s['status']} | {rank} | "
+                        f"{_pct(o['acc_at_round'])} | {above} |")
+    return rows
+
+
+def missed_table(slices: list[dict], th: dict) -> list[str]:
+    """The section on planted slices outside the first round's top-k (empty when there are none)."""
+    rows = markdown_missed_rows(slices)
+    if not rows:
+        return []
+    return ["", f"## Planted slices outside the first round's top-k (ERM < {th['not_failed_at']:.0%}): "
+                "what ranked above them", "",
+            "Test accuracy at the round is the model's just before the round's remedy; a top-k mode is named by "
+            "the ground-truth group most of its validation members are in.", "",
+            "| world | slice | status | rank among handed modes | slice accuracy at the round | "
+            "the top-k modes: majority group (share, its accuracy at the round) |", "|---|---|---|---|---|---|"] + rows
 
 
 def chart(result: dict, path: Path) -> None:

@@ -336,3 +336,27 @@ def test_the_lower_bound_score_prefers_a_blind_spot_to_a_weak_spot_in_a_good_cla
     by_z = ErrorNeighbourhoods(slice_score="z")(x, labels, preds, ["cow", "bird"])
     by_bound = ErrorNeighbourhoods()(x, labels, preds, ["cow", "bird"])
     assert by_z[0].class_name == "bird" and by_bound[0].class_name == "cow"
+
+
+def test_coverage_ranks_a_slice_training_never_shows_below_one_it_shows_often():
+    """Training coverage: a mode where the class has no training images sits below every covered sample (its median
+    member: half its own share of the class, 1/6 here), a mode in the class's common region above the uncovered
+    third and half the rest; a bad neighbour count names the knob."""
+    from blindspot.discovery.coverage import train_coverage
+
+    g = torch.Generator().manual_seed(0)
+    common, rare = torch.nn.functional.normalize(torch.randn(2, 16, generator=g), dim=1)
+
+    def around(centre, n):
+        return torch.nn.functional.normalize(centre + 0.3 * torch.randn(n, 16, generator=g), dim=1)
+
+    train = torch.cat([around(common, 200), around(rare, 200)])  # class 0 only in the common region; class 1 both
+    train_labels = torch.tensor([0] * 200 + [1] * 200)
+    val = torch.cat([around(common, 40), around(rare, 20)])
+    val_labels = torch.zeros(60, dtype=torch.long)
+    mode = lambda members: FailureMode(0, "cow", members, 0.9, 0.3, 1.0)  # noqa: E731
+    uncovered, covered = train_coverage([mode(list(range(40, 60))), mode(list(range(0, 20)))],
+                                        val, val_labels, train, train_labels)
+    assert uncovered == pytest.approx(1 / 6, abs=0.02) and covered > 0.5
+    with pytest.raises(ValueError, match="k must be"):
+        train_coverage([], val, val_labels, train, train_labels, k=0)

@@ -177,6 +177,31 @@ def test_evaluate_on_fake_reports(tmp_path):
     assert world["default"]["methods"]["failure_diffusion"]["worst_group_acc"] == pytest.approx(0.8)
 
 
+def test_a_missed_slice_names_the_modes_ranked_above_it():
+    """A planted slice outside the top-k gets its rank and the top-k modes' groups with their accuracy at the round;
+    the markdown lists it, and a found slice gets nothing."""
+    from benchmarks.suite import build_worlds, evaluate, load_config, markdown_missed_rows
+
+    cfg = load_config("default", ["worlds.n_worlds=1"])
+    spec, (default,) = build_worlds(cfg)
+    report = fake_report(per_group(default, {"star|grass": 0.3}))
+    report["discovery"] = {"k": 1, "planted": [{"group": "star|grass", "found": False, "caption_hit": False,
+                                                "handed": True, "rank": 2}]}
+    report["metrics"]["baseline_test"] = {"per_group": {"star|grass": 0.25, "circle|brick": 0.4}}
+    report["rounds"] = [{"modes": [{"majority_group": "circle|brick", "majority_share": 0.8,
+                                    "group_acc_before": 0.4, "caption": "a photo of a circle on brick"}]}]
+    reports = {(default.name, "none"): [fake_report(per_group(default, {"star|grass": 0.3}))],
+               (default.name, "failure_diffusion"): [report]}
+    (star,) = evaluate(cfg, spec, [default], reports)["slices"]
+    assert star["outranked_by"] == [{"rank": 2, "acc_at_round": 0.25, "modes": [
+        {"group": "circle|brick", "share": 0.8, "acc_at_round": 0.4, "caption": "a photo of a circle on brick"}]}]
+    (row,) = markdown_missed_rows([star])
+    assert row == "| default | star\\|grass | failed by ERM | 3 | 25% | circle\\|brick (80% of members, 40%) |"
+    report["discovery"]["planted"][0]["found"] = True
+    (star,) = evaluate(cfg, spec, [default], reports)["slices"]
+    assert star["outranked_by"] == [] and markdown_missed_rows([star]) == []
+
+
 def test_the_runner_keeps_finished_runs_and_writes_its_results(tmp_path, monkeypatch):
     """Finished runs are not run again (no train.py here); the ceiling of a control world is its ERM run."""
     from benchmarks import suite
@@ -263,3 +288,9 @@ def test_quick_discovery_capture_reproduces_the_runs_modes_and_scores_variants(t
     assert star["group"] == "star|grass" and 0 <= star["val_errors"] <= star["val_samples"] > 0
     assert all(m.startswith(("star", "cross", "circle", "square", "triangle", "heart")) for m in nbh["slices"][0]["modes"])
     assert len(list((tmp_path / "captures").glob("default/*/capture.pt"))) == 1
+    # every handed mode carries its training coverage, and the re-rankings keep the handed set
+    cover = star["coverage"]
+    assert cover and all(0 <= c["coverage"] <= 1 and c["class"] in c["group"] for c in cover)
+    assert set(defaults["reranked"]) == {"least_covered", "score_x_uncovered"}
+    assert all(r["handed"] == star["handed"] for r in star["reranked"].values())
+    assert "## Training coverage of the handed modes" in (tmp_path / "discovery_worlds_quick.md").read_text()
