@@ -311,7 +311,9 @@ def evaluate(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld],
                     "avg_acc": _mean([r["metrics"]["test"].get("avg_acc") for r in rs]),
                     "worst_group_acc": _mean([r["metrics"]["test"].get("worst_group_acc") for r in rs]),
                     "images_added": _mean([images_added(r) for r in rs]),
-                    "wall_seconds": _mean([r.get("wall_seconds") for r in rs]), "seeds": len(rs)}
+                    "wall_seconds": _mean([r.get("wall_seconds") for r in rs]),
+                    "generate_seconds": _mean([(r.get("breakdown") or {}).get("generate", 0.0) for r in rs]),
+                    "seeds": len(rs)}
         per_world.append(row)
         for s in w.slices(spec):
             acc = {m: _mean([slice_accuracy(r, s) for r in reports.get((w.name, m), [])]) for m in methods}
@@ -454,7 +456,8 @@ def markdown(result: dict) -> str:
               f"`{' '.join(cfg['common_overrides'])}`; seeds {cfg['seeds']}. The ceiling is `+augment={baseline}` "
               "on the world with each blind-spot entry at its natural rate (its val/test splits are fresh renders "
               "of the same balanced design). Planned cost: "
-              f"{result['estimate_minutes_workers2']:.0f} min at --workers 2 (conf `minutes_per_run`).", ""]
+              f"{result['estimate_minutes_workers2']:.0f} min at --workers 2 (conf `minutes_per_run`)."
+              + run_minutes(result["per_world"], methods + [CEILING]), ""]
     lines += [f"- {e['date']}: {e['ran']} run(s) at commit {e['commit']}, {e['workers']} side by side on "
               f"{e['cpu_count']} cores, {e['minutes']:.1f} min"
               + (f", load average {e['load_average_at_end'][1]:.1f} (5 min) at the end"
@@ -475,6 +478,19 @@ def markdown_missed_rows(slices: list[dict]) -> list[str]:
             rows.append(f"| {s['world']} | {table_cell(s['group'])} | {s['status']} | {rank} | "
                         f"{_pct(o['acc_at_round'])} | {above} |")
     return rows
+
+
+def run_minutes(per_world: list[dict], methods: list[str]) -> str:
+    """' Run minutes per method: ...' summed over worlds and seeds (generation's share in brackets), or ''."""
+    parts = []
+    for m in methods:
+        rows = [w["methods"][m] for w in per_world if m in w["methods"] and w["methods"][m].get("wall_seconds")]
+        if rows:
+            wall = sum(r["wall_seconds"] * r["seeds"] for r in rows) / 60
+            gen = sum((r.get("generate_seconds") or 0.0) * r["seeds"] for r in rows) / 60
+            parts.append(f"{m} {wall:.0f}" + (f" (generation {gen:.0f})" if gen >= 0.5 else ""))
+    return (" Run minutes per method, summed over its runs (each run's own wall time, with the runs beside it): "
+            + ", ".join(parts) + ".") if parts else ""
 
 
 def missed_table(slices: list[dict], th: dict) -> list[str]:

@@ -219,6 +219,7 @@ def test_the_runner_keeps_finished_runs_and_writes_its_results(tmp_path, monkeyp
     for job in jobs:
         w = next(x for x in worlds if x.name == job.world)
         report = fake_report(per_group(w, {"star|grass": 0.3 if job.method == "none" else 0.9}))
+        report["breakdown"] = {"generate": 30.0} if job.method == "failure_diffusion" else {}
         suite._write_json(job.out / "report" / "report.json", report)
     monkeypatch.setenv("BLINDSPOT_RESULTS", str(tmp_path))
     real_run = subprocess.run
@@ -232,7 +233,9 @@ def test_the_runner_keeps_finished_runs_and_writes_its_results(tmp_path, monkeyp
     result = json.loads((tmp_path / "suite.json").read_text())
     assert result["runs"]["finished"] == result["runs"]["planned"] == 9 and not result["runs"]["missing"]
     assert result["summary"]["methods"]["failure_diffusion"]["gap_closed_mean"] == pytest.approx(1.0)
-    assert "star\\|grass" in (tmp_path / "suite.md").read_text()
+    text = (tmp_path / "suite.md").read_text()
+    assert "star\\|grass" in text
+    assert "none 2, failure_diffusion 2 (generation 1), untargeted_diffusion 2" in text  # 2 runs of 60 s each
     assert (tmp_path / "suite.png").stat().st_size > 1000
     assert result["invocations"] == []  # nothing ran: no measurement recorded
 
