@@ -274,15 +274,15 @@ def discovery_of(report: dict, group: str) -> dict | None:
     return None
 
 
-def outranked_by(report: dict, group: str) -> dict | None:
+def outranked_by(report: dict, slice_: dict) -> dict | None:
     """For a planted slice outside the first round's top-k: its rank and test accuracy at that round, and the
     top-k modes' majority groups with theirs (what discovery ranked first instead); None when it was found."""
-    d = discovery_of(report, group)
+    d = discovery_of(report, slice_["group"])
     rounds = report.get("rounds") or []
     if d is None or d.get("found") or not rounds:
         return None
     k = (report.get("discovery") or {}).get("k") or 0
-    at_round = (report.get("metrics", {}).get("baseline_test", {}).get("per_group") or {}).get(group)
+    at_round = slice_accuracy({"metrics": {"test": report.get("metrics", {}).get("baseline_test", {})}}, slice_)
     above = [{"group": m.get("majority_group"), "share": m.get("majority_share"),
               "acc_at_round": m.get("group_acc_before"), "caption": m.get("caption")}
              for m in rounds[0].get("modes", [])[:k]]
@@ -319,7 +319,7 @@ def evaluate(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld],
             acc = {m: _mean([slice_accuracy(r, s) for r in reports.get((w.name, m), [])]) for m in methods}
             erm, ceiling = acc.get(cfg.baseline), acc.get(CEILING)
             found, hit, handed = {}, {}, {}
-            missed = [o for r in reports.get((w.name, who), []) if (o := outranked_by(r, s["group"]))]
+            missed = [o for r in reports.get((w.name, who), []) if (o := outranked_by(r, s))]
             for m in methods:
                 scores = [discovery_of(r, s["group"]) for r in reports.get((w.name, m), [])]
                 scores = [d for d in scores if d is not None]
