@@ -240,7 +240,11 @@ def run_all(jobs: list[Job], workers: int) -> tuple[dict[tuple[str, str, int], s
 
 def slice_accuracy(report: dict, slice_: dict) -> float | None:
     """Test accuracy of a planted slice: the mean over its groups (the test split is balanced over groups)."""
-    per_group = report.get("metrics", {}).get("test", {}).get("per_group", {}) or {}
+    return slice_mean(report.get("metrics", {}).get("test", {}).get("per_group", {}) or {}, slice_)
+
+
+def slice_mean(per_group: dict, slice_: dict) -> float | None:
+    """A slice's accuracy from per-group accuracies: the mean over its groups, or its own group's entry."""
     groups = slice_.get("groups") or [slice_["group"]]
     accs = [per_group.get(g) for g in groups]
     if any(a is None for a in accs):
@@ -282,7 +286,7 @@ def outranked_by(report: dict, slice_: dict) -> dict | None:
     if d is None or d.get("found") or not rounds:
         return None
     k = (report.get("discovery") or {}).get("k") or 0
-    at_round = slice_accuracy({"metrics": {"test": report.get("metrics", {}).get("baseline_test", {})}}, slice_)
+    at_round = slice_mean(report.get("metrics", {}).get("baseline_test", {}).get("per_group") or {}, slice_)
     above = [{"group": m.get("majority_group"), "share": m.get("majority_share"),
               "acc_at_round": m.get("group_acc_before"), "caption": m.get("caption")}
              for m in rounds[0].get("modes", [])[:k]]

@@ -32,15 +32,15 @@ def train_coverage(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, v
     val = torch.nn.functional.normalize(val_embeddings.float(), dim=1)
     train = torch.nn.functional.normalize(train_embeddings.float(), dim=1)
     val_labels, train_labels = torch.as_tensor(val_labels).long(), torch.as_tensor(train_labels).long()
-    per_class: dict[int, torch.Tensor] = {}
+    per_class: dict[int, tuple[dict[int, int], torch.Tensor]] = {}  # class -> (val index -> row, similarities)
     out = []
     for mode in modes:
         c = mode.class_index
         if c not in per_class:
-            per_class[c] = kth_neighbour_similarity(val[val_labels == c], train[train_labels == c], k)
-        in_class = torch.nonzero(val_labels == c).flatten()
-        position = {int(i): n for n, i in enumerate(in_class.tolist())}
-        sims = per_class[c]
+            in_class = torch.nonzero(val_labels == c).flatten()
+            per_class[c] = ({int(i): n for n, i in enumerate(in_class.tolist())},
+                            kth_neighbour_similarity(val[in_class], train[train_labels == c], k))
+        position, sims = per_class[c]
         members = torch.tensor([position[i] for i in mode.members if i in position], dtype=torch.long)
         if not len(members) or not len(sims):
             out.append(float("nan"))
