@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 from lightning import Callback
@@ -68,7 +69,7 @@ def failing_backend(fail_rank: int, **kwargs):
 
 
 class BagOfWords:
-    """A transparent text encoder: the normalised sum of fixed random word vectors (one per new word)."""
+    """A transparent text encoder: the normalised sum of fixed random word vectors (seeded by the word itself)."""
 
     def __init__(self, dim: int = 32):
         self.dim, self.words = dim, {}
@@ -80,6 +81,8 @@ class BagOfWords:
         out = []
         for t in texts:
             for w in t.lower().split():
-                self.words.setdefault(w, torch.randn(self.dim, generator=torch.Generator().manual_seed(len(self.words) + 1)))
+                if w not in self.words:  # the seed depends on the word only, not on which test met it first
+                    seed = torch.Generator().manual_seed(zlib.crc32(w.encode()))
+                    self.words[w] = torch.randn(self.dim, generator=seed)
             out.append(F.normalize(torch.stack([self.words[w] for w in t.lower().split()]).sum(0), dim=-1))
         return torch.stack(out)
