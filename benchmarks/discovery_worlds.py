@@ -159,7 +159,8 @@ def score(cap: dict, args: list[str]) -> list[dict]:
 
     cfg = compose(args)
     loop = hydra.utils.instantiate(cfg.loop, remedy=None, _convert_="all")
-    modes, _ = loop.discover(cap["embeddings"], cap["labels"], cap["preds"], cap["class_names"])
+    train = (cap["train_embeddings"], cap["train_labels"]) if "train_embeddings" in cap else None
+    modes, _ = loop.discover(cap["embeddings"], cap["labels"], cap["preds"], cap["class_names"], train=train)
     result = score_discovery(modes, cap["planted"], cap["groups"], cap["group_names"])
     coverage = mode_coverage(cap, modes)
     alt = {name: score_discovery(order, cap["planted"], cap["groups"], cap["group_names"])["planted"]

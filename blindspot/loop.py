@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .clip import ClipModel
+from .discovery.coverage import train_coverage
 from .embedding import embed_dataset
 from .modes import FailureMode
 from .remedies.base import Remedy, RemedyContext, RemedyResult
@@ -23,6 +24,7 @@ from .remedies.base import Remedy, RemedyContext, RemedyResult
 log = logging.getLogger(__name__)
 
 STATUSES = ("discovered", "remedied")
+RANKINGS = ("score", "uncovered")
 
 
 @dataclass
@@ -61,17 +63,28 @@ class Split:
 
 class FailureLoop:
     """Every `every_n_epochs` validation epochs from `start_epoch` (1-based; at most `max_rounds` times): find
-    failure modes in CLIP space, caption them, and hand them to the remedy."""
+    failure modes in CLIP space, rank them (`rank_by`), caption the first `max_modes`, and hand them to the remedy.
+
+    `rank_by="uncovered"` multiplies each mode's slice score by (1 - its training coverage): a slice that training
+    images barely reach (a blind spot more data can fix) outranks an equally failed slice that they cover well (a
+    hard group), and, since remedies split their budget by score, it also gets more of the round's images.
+    """
 
     def __init__(self, discovery: Callable, captioner: Callable, clip: ClipModel, remedy: Remedy | None = None,
                  start_epoch: int = 1, every_n_epochs: int = 1, max_rounds: int = 1, max_modes: int = 4,
-                 cache_dir: str | None = None, progress: bool = True):
+                 rank_by: str = "score", coverage_k: int = 5, cache_dir: str | None = None, progress: bool = True):
         if every_n_epochs < 1 or start_epoch < 0 or max_rounds < 0 or max_modes < 1:
             raise ValueError("loop needs every_n_epochs >= 1, start_epoch >= 0, max_rounds >= 0, max_modes >= 1 "
                              "(loop.every_n_epochs, loop.start_epoch, loop.max_rounds, loop.max_modes)")
+        if rank_by not in RANKINGS:
+            raise ValueError(f"loop.rank_by={rank_by!r}: use one of {', '.join(RANKINGS)}")
+        if coverage_k < 1:
+            raise ValueError(f"loop.coverage_k must be >= 1 (the training neighbour that measures coverage), got "
+                             f"{coverage_k!r}")
         self.discovery, self.captioner, self.clip, self.remedy = discovery, captioner, clip, remedy
         self.start_epoch, self.every_n_epochs, self.max_rounds = start_epoch, every_n_epochs, max_rounds
-        self.max_modes, self.cache_dir, self.progress = max_modes, cache_dir, progress
+        self.max_modes, self.rank_by, self.coverage_k = max_modes, rank_by, coverage_k
+        self.cache_dir, self.progress = cache_dir, progress
         self.rounds: list[Round] = []
         self.mode_accuracy: dict[str, list[dict]] = {}  # mode id -> [{"epoch", "acc"}] on its validation members
         self._embeddings: dict[str, torch.Tensor] = {}
@@ -110,12 +123,22 @@ class FailureLoop:
                 now[m.mode_id] = acc
         return now
 
+    @property
+    def needs_train_embeddings(self) -> bool:
+        """Whether `discover` needs the training split's embeddings (to rank by training coverage)."""
+        return self.rank_by == "uncovered"
+
     def discover(self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
-                 class_names: Sequence[str]) -> tuple[list[FailureMode], dict[str, float]]:
-        """Failure modes (at most max_modes, captioned) of this validation epoch, and the seconds each step took."""
+                 class_names: Sequence[str], train: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 ) -> tuple[list[FailureMode], dict[str, float]]:
+        """Failure modes (ranked, at most max_modes, captioned) of this validation epoch, and the seconds each step
+        took. `train`: (embeddings, labels) of the training split, needed by rank_by="uncovered"."""
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        modes = self.discovery(embeddings, labels, preds, list(class_names))[: self.max_modes]
+        modes = self.discovery(embeddings, labels, preds, list(class_names))
+        if self.rank_by == "uncovered":
+            modes = self.rank_by_coverage(modes, embeddings, labels, train)
+        modes = modes[: self.max_modes]
         for m in modes:
             m.set_confusions(preds, labels, list(class_names))
         seconds["discover"] = time.perf_counter() - t0
@@ -123,6 +146,18 @@ class FailureLoop:
         self.captioner(modes, self.clip.encode_texts, embeddings, labels)
         seconds["caption"] = time.perf_counter() - t0
         return modes, seconds
+
+    def rank_by_coverage(self, modes: list[FailureMode], embeddings: torch.Tensor, labels: torch.Tensor,
+                         train: tuple[torch.Tensor, torch.Tensor] | None) -> list[FailureMode]:
+        """The modes re-scored by score x (1 - training coverage), best first; both numbers are kept in `extra`."""
+        if train is None:
+            raise ValueError("loop.rank_by=uncovered needs the training split's CLIP embeddings (the datamodule's "
+                             "train_images); use loop.rank_by=score for data without them")
+        for m, cover in zip(modes, train_coverage(modes, embeddings, labels, *train, k=self.coverage_k)):
+            cover = 0.0 if cover != cover else cover  # NaN: no training image of the class reaches it
+            m.extra.update(slice_score=m.score, train_coverage=cover)
+            m.score = m.score * (1.0 - cover)
+        return sorted(modes, key=lambda m: -m.score)
 
     def add_round(self, epoch: int, modes: list[FailureMode], seconds: dict[str, float],
                   preds: torch.Tensor, labels: torch.Tensor) -> Round:

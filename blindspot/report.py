@@ -647,7 +647,9 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
     with_group = any(m.get("majority_group") is not None for m in modes)
     with_images = any(m.get("images_planned") is not None or m.get("images_kept") is not None for m in modes)
     with_slice = any(_dict(m.get("test_slice")) for m in modes)
+    with_coverage = any(_num(_dict(m.get("extra")).get("train_coverage")) is not None for m in modes)
     headers = ["Mode", "Class", "Caption (score)", "Support", "Error (class)", "Val acc before → after"]
+    headers += ["Training coverage (slice score)"] * with_coverage
     headers += ["Majority group: acc before → after"] * with_group + ["Images kept / planned"] * with_images
     headers += ["Test slice n", "Test slice acc before → after [95% interval]"] * with_slice
     rows = []
@@ -658,6 +660,11 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
                caption + (f" ({_score(score)})" if score is not None else ""), _int(support),
                f"{fmt_pct(m.get('error_rate'))} ({fmt_pct(m.get('class_error_rate'))})",
                fmt_change(m.get("acc_before"), m.get("acc_after"))]
+        if with_coverage:
+            extra = _dict(m.get("extra"))
+            cover, score = _num(extra.get("train_coverage")), _num(extra.get("slice_score"))
+            row.append(MISSING if cover is None else
+                       f"{cover:.2f}" + (f" ({_score(score)})" if score is not None else ""))
         if with_group:
             group = m.get("majority_group")
             row.append(MISSING if group is None else

@@ -38,12 +38,6 @@ class FailureLoopCallback(Callback):
         """The remedy context for this trainer and module."""
         dm = trainer.datamodule
 
-        def train():
-            if not hasattr(dm, "train_images"):
-                return None
-            return (Split(len(dm.train_set), dm.train_images, dm.train_fingerprint()),
-                    torch.as_tensor(dm.train_set.labels).long())
-
         def pool():
             p = dm.pool_split() if hasattr(dm, "pool_split") else None
             if p is None:
@@ -69,7 +63,7 @@ class FailureLoopCallback(Callback):
             clip=self.loop.clip, class_names=list(dm.class_names), predict_proba=pl_module.predict_proba,
             embed=lambda split: self.loop.embed(split, progress=self.progress and trainer.is_global_zero),
             val_embeddings=val_embeddings, val_labels=val_labels, val_images=getattr(dm, "val_images", None),
-            features=features, train=train, pool=pool,
+            features=features, train=lambda: self.train_split(trainer), pool=pool,
             rank=trainer.global_rank, world_size=trainer.world_size, barrier=trainer.strategy.barrier,
             broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0), gather=gather,
             any_rank=lambda flag: trainer.strategy.reduce_boolean_decision(flag, all=False),
@@ -81,7 +75,27 @@ class FailureLoopCallback(Callback):
         dm = trainer.datamodule
         return Split(len(dm.val_set), dm.val_images, dm.val_fingerprint())
 
+    @staticmethod
+    def train_split(trainer: Trainer) -> tuple[Split, torch.Tensor] | None:
+        """The training set as the loop embeds it, with its labels (None if the datamodule cannot give its images)."""
+        dm = trainer.datamodule
+        if not hasattr(dm, "train_images"):
+            return None
+        labels = torch.as_tensor(dm.train_set.labels).long()
+        return Split(len(dm.train_set), dm.train_images, dm.train_fingerprint()), labels
+
+    def train_embeddings(self, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """CLIP embeddings and labels of the training set, when the loop's ranking needs them."""
+        if not self.loop.needs_train_embeddings:
+            return None
+        split, labels = self.train_split(trainer)
+        return self.loop.embed(split, progress=self.progress), labels
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.loop.needs_train_embeddings and not hasattr(trainer.datamodule, "train_images"):
+            raise ValueError(f"loop.rank_by={self.loop.rank_by} ranks modes by training coverage, which needs the "
+                             f"datamodule's train_images(indices); {type(trainer.datamodule).__name__} has none: "
+                             "use loop.rank_by=score")
         if stage == "fit" and self.loop.max_rounds > 0 and hasattr(self.loop.remedy, "prepare"):
             initial = self.loop.remedy.prepare(self.context(trainer, pl_module))  # fail now, not after hours
             if isinstance(initial, RemedyResult):
@@ -110,7 +124,8 @@ class FailureLoopCallback(Callback):
                 t0 = time.perf_counter()
                 val_emb = self.loop.embed(self.val_split(trainer), progress=self.progress)
                 seconds["embed"] = time.perf_counter() - t0
-                modes, found = self.loop.discover(val_emb, labels, preds, trainer.datamodule.class_names)
+                modes, found = self.loop.discover(val_emb, labels, preds, trainer.datamodule.class_names,
+                                                  train=self.train_embeddings(trainer))
                 seconds.update(found)
             modes, seconds = trainer.strategy.broadcast((modes, seconds), src=0)
             rnd = self.loop.add_round(epoch, modes, seconds, preds, labels)

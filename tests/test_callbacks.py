@@ -35,12 +35,17 @@ def augment_overrides(tiny_models, budget=12):
 def test_a_round_discovers_generates_filters_injects_and_reports(compose_cfg, tmp_path, tiny_models):
     from train import run
 
-    cfg = compose_cfg(augment_overrides(tiny_models))
+    cfg = compose_cfg(augment_overrides(tiny_models) + ["loop.rank_by=uncovered"])  # ranked by training coverage
     run(cfg)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert len(report["rounds"]) == 1
     rnd = report["rounds"][0]
     assert rnd["epoch"] == 0 and rnd["modes"], "a barely trained model has failure modes"
+    scores = [m["score"] for m in rnd["modes"]]
+    assert scores == sorted(scores, reverse=True) and all(
+        m["score"] == pytest.approx(m["extra"]["slice_score"] * (1 - m["extra"]["train_coverage"]))
+        for m in rnd["modes"])
+    assert "Training coverage (slice score)" in (tmp_path / "report" / "report.md").read_text()
     # waves until the round keeps remedy.target_kept (= images_per_round, 12) or hits max_generated (2 x 12)
     assert 12 <= rnd["generated"] <= 24 and rnd["kept"] + sum(rnd["rejected_by"].values()) == rnd["generated"]
     assert rnd["injected"] == min(rnd["kept"], 12)

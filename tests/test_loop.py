@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -70,6 +71,41 @@ def test_bad_loop_settings_name_the_keys():
         Text2ImageRemedy(NoiseBackend(), target_kept=0)
     with pytest.raises(ValueError, match="remedy.caption_weighting"):
         Text2ImageRemedy(NoiseBackend(), caption_weighting="loud")
+
+
+def test_rank_by_uncovered_puts_the_slice_training_never_shows_first_and_hands_it_on():
+    """rank_by=uncovered: of three equally failed slices of one class, the one no training image reaches outranks
+    two with higher slice scores that training covers, survives the max_modes cut, and keeps both numbers."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=1)
+
+    def around(c, n):
+        return torch.nn.functional.normalize(centres[c] + 0.3 * torch.randn(n, 16, generator=g), dim=1)
+
+    val = torch.cat([around(0, 20), around(1, 20), around(2, 20)])
+    labels = torch.zeros(60, dtype=torch.long)
+    train = (torch.cat([around(0, 100), around(1, 100)]), torch.zeros(200, dtype=torch.long))  # region 2: none
+
+    def discovery(*_):
+        return [FailureMode(0, "cow", list(range(20 * c, 20 * c + 20)), 0.9, 0.3, score, mode_id=f"cow-{c}")
+                for c, score in ((0, 5.0), (1, 4.0), (2, 3.0))]
+
+    def loop(rank_by):
+        return FailureLoop(discovery, captioner=lambda *a: None, clip=SimpleNamespace(encode_texts=None), max_modes=2,
+                           rank_by=rank_by)
+
+    preds = torch.ones(60, dtype=torch.long)
+    by_score, _ = loop("score").discover(val, labels, preds, ["cow", "horse"])
+    assert [m.mode_id for m in by_score] == ["cow-0", "cow-1"]
+    ranked, _ = loop("uncovered").discover(val, labels, preds, ["cow", "horse"], train=train)
+    assert ranked[0].mode_id == "cow-2" and len(ranked) == 2
+    top = ranked[0].extra
+    assert top["slice_score"] == 3.0 and top["train_coverage"] < 0.2 and ranked[0].score > ranked[1].score
+    assert ranked[1].extra["train_coverage"] > 0.3
+    with pytest.raises(ValueError, match="loop.rank_by=uncovered needs"):
+        loop("uncovered").discover(val, labels, preds, ["cow", "horse"])
+    with pytest.raises(ValueError, match="loop.rank_by"):
+        loop("loudest")
 
 
 def test_target_kept_generates_waves_until_it_keeps_enough_and_injects_exactly_that(tmp_path):
