@@ -272,7 +272,7 @@ def test_the_repair_config_spells_out_todays_failure_diffusion_defaults():
     spelled_out = tuple(load_config("repair").method_overrides.failure_diffusion)
     assert composed_config(base + spelled_out) == composed_config(base)
     assert composed_config(base + ("data.synthetic_repeat=1",)) != composed_config(base)  # the check can fail
-    for variant in ("waves", "capped", "probes", "neighbours", "neighbours_extra"):  # the variants measured against it are not today's defaults
+    for variant in ("waves", "capped", "probes", "neighbours", "neighbours_extra", "uncovered"):  # the variants measured against it are not today's defaults
         assert composed_config(base + tuple(load_config(variant).method_overrides.failure_diffusion)) != \
             composed_config(base), variant
 
@@ -280,11 +280,12 @@ def test_the_repair_config_spells_out_todays_failure_diffusion_defaults():
 def test_quick_discovery_capture_reproduces_the_runs_modes_and_scores_variants(tmp_path):
     env = dict(os.environ, BLINDSPOT_RESULTS=str(tmp_path), PYTHONPATH=str(ROOT), WANDB_MODE="offline")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.discovery_worlds", "--quick", "--workers", "1", "--out",
-                           str(tmp_path / "captures"), "--variant", "nbh=discovery=neighbourhoods"],
+                           str(tmp_path / "captures"), "--variant", "nbh=discovery=neighbourhoods",
+                           "--variant", "unc=loop.rank_by=uncovered"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "discovery_worlds_quick.json").read_text())
-    defaults, nbh = result["variants"]
+    defaults, nbh, unc = result["variants"]
     assert (defaults["name"], nbh["overrides"]) == ("defaults", ["discovery=neighbourhoods"])
     assert defaults["summary"]["same_modes_as_the_run"]  # re-scoring today's settings gives the run's own round
     (star,) = defaults["slices"]
@@ -296,4 +297,10 @@ def test_quick_discovery_capture_reproduces_the_runs_modes_and_scores_variants(t
     assert cover and all(0 <= c["coverage"] <= 1 and c["class"] in c["group"] for c in cover)
     assert set(defaults["reranked"]) == {"least_covered", "score_x_uncovered"}
     assert all(r["handed"] == star["handed"] for r in star["reranked"].values())
+    # ranked by training coverage in the loop itself (the capture's training embeddings), before the max_modes cut
+    assert unc["overrides"] == ["loop.rank_by=uncovered"]
+    by_score = {(c["class"], c["group"], c["support"]): c["score"] for c in cover}
+    rescored = [(c, by_score[(c["class"], c["group"], c["support"])]) for c in unc["slices"][0]["coverage"]
+                if (c["class"], c["group"], c["support"]) in by_score]
+    assert rescored and all(c["score"] == pytest.approx(s * (1 - c["coverage"])) for c, s in rescored)
     assert "## Training coverage of the handed modes" in (tmp_path / "discovery_worlds_quick.md").read_text()
