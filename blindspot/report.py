@@ -649,7 +649,7 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
     with_slice = any(_dict(m.get("test_slice")) for m in modes)
     with_coverage = any(_num(_dict(m.get("extra")).get("train_coverage")) is not None for m in modes)
     headers = ["Mode", "Class", "Caption (score)", "Support", "Error (class)", "Val acc before → after"]
-    headers += ["Training coverage (slice score)"] * with_coverage
+    headers += ["Training coverage (slice score → rank score)"] * with_coverage
     headers += ["Majority group: acc before → after"] * with_group + ["Images kept / planned"] * with_images
     headers += ["Test slice n", "Test slice acc before → after [95% interval]"] * with_slice
     rows = []
@@ -663,8 +663,8 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
         if with_coverage:
             extra = _dict(m.get("extra"))
             cover, score = _num(extra.get("train_coverage")), _num(extra.get("slice_score"))
-            row.append(MISSING if cover is None else
-                       f"{cover:.2f}" + (f" ({_score(score)})" if score is not None else ""))
+            row.append(MISSING if cover is None else f"{cover:.2f}" + (
+                f" ({_score(score)} → {_score(m.get('score'))})" if score is not None else ""))
         if with_group:
             group = m.get("majority_group")
             row.append(MISSING if group is None else

@@ -45,7 +45,7 @@ def test_a_round_discovers_generates_filters_injects_and_reports(compose_cfg, tm
     assert scores == sorted(scores, reverse=True) and all(
         m["score"] == pytest.approx(m["extra"]["slice_score"] * (1 - m["extra"]["train_coverage"]))
         for m in rnd["modes"])
-    assert "Training coverage (slice score)" in (tmp_path / "report" / "report.md").read_text()
+    assert "Training coverage (slice score → rank score)" in (tmp_path / "report" / "report.md").read_text()
     # waves until the round keeps remedy.target_kept (= images_per_round, 12) or hits max_generated (2 x 12)
     assert 12 <= rnd["generated"] <= 24 and rnd["kept"] + sum(rnd["rejected_by"].values()) == rnd["generated"]
     assert rnd["injected"] == min(rnd["kept"], 12)

@@ -301,6 +301,14 @@ def test_modes_table_shows_test_slice_probes_and_counts(written):
     assert fmt_ci(0.5, [0.25, None]) == "50.0%" and fmt_ci(None, [0.1, 0.2]) == "–"
 
 
+def test_modes_ranked_by_training_coverage_show_it_beside_both_scores():
+    ranked = _mode("r0-star-0", "a star on grass", 0.6, [1, 2], extra={"slice_score": 2.0, "train_coverage": 0.25})
+    md = render_markdown({"rounds": [{"epoch": 4, "modes": [ranked, _mode("r0-star-1", "a star", 0.5, [3])]}]})
+    assert "Training coverage (slice score → rank score)" in md
+    assert "| 0.25 (2.000 → 1.500) |" in md and md.count("| – |") >= 1  # the other mode has no coverage
+    assert "Training coverage" not in render_markdown({"rounds": [{"epoch": 4, "modes": [_mode("m", "a", 1, [1])]}]})
+
+
 def test_a_failing_chart_is_skipped_not_fatal(tmp_path, monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise RuntimeError("no fonts")
