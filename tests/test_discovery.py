@@ -339,9 +339,9 @@ def test_the_lower_bound_score_prefers_a_blind_spot_to_a_weak_spot_in_a_good_cla
 
 
 def test_coverage_ranks_a_slice_training_never_shows_below_one_it_shows_often():
-    """Training coverage: a mode where the class has no training images sits below every covered sample (its median
-    member: half its own share of the class, 1/6 here), a mode in the class's common region above the uncovered
-    third and half the rest; a bad neighbour count names the knob."""
+    """Training coverage: a mode where the class has no training images is covered less than any training image
+    (0), a mode in the class's common region about as well as a typical one (near 0.5), whatever share of the
+    validation set each is; a bad neighbour count names the knob."""
     from blindspot.discovery.coverage import train_coverage
 
     g = torch.Generator().manual_seed(0)
@@ -357,6 +357,6 @@ def test_coverage_ranks_a_slice_training_never_shows_below_one_it_shows_often():
     mode = lambda members: FailureMode(0, "cow", members, 0.9, 0.3, 1.0)  # noqa: E731
     uncovered, covered = train_coverage([mode(list(range(40, 60))), mode(list(range(0, 20)))],
                                         val, val_labels, train, train_labels)
-    assert uncovered == pytest.approx(1 / 6, abs=0.02) and covered > 0.5
+    assert uncovered < 0.02 and 0.25 < covered < 0.75
     with pytest.raises(ValueError, match="k must be"):
         train_coverage([], val, val_labels, train, train_labels, k=0)

@@ -1,9 +1,12 @@
 """How well the training set covers a failure mode: a data-repairable blind spot is a part of its class the training
 images barely reach; a hard group the model fails although training images of it abound is not.
 
-`train_coverage` places a mode's members among their class's validation samples by how close their k-th nearest
-same-class training image is (cosine similarity in CLIP space): 0 means the mode sits where its class is least
-covered by training data, 0.5 where it is typical. It reads only embeddings and labels, so it works on any data.
+`train_coverage` measures how close a mode's median member is to its k-th nearest same-class training image (cosine
+similarity in CLIP space) and places that among the class's own training images, each measured the same way against
+the others: 0 means training images reach the mode less than they reach any of themselves, 0.5 that the mode is as
+covered as a typical training image. The reference is the training set, not the validation set, so a slice's
+coverage does not depend on how validation was sampled (balanced groups cap a rank among validation samples at the
+slice's share of its class). It reads only embeddings and labels, so it works on any data.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 
 from blindspot.modes import FailureMode
 
+MAX_REFERENCE = 4096  # training images per class whose own coverage is the reference (a seeded sample beyond that)
+
 
 def kth_neighbour_similarity(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
     """Cosine similarity of each query to its k-th most similar key (L2-normalised rows); -1 if there are < k keys."""
@@ -23,28 +28,35 @@ def kth_neighbour_similarity(queries: torch.Tensor, keys: torch.Tensor, k: int, 
     return torch.cat(out) if out else torch.empty(0)
 
 
+def reference_coverage(train: torch.Tensor, k: int, max_reference: int = MAX_REFERENCE) -> torch.Tensor:
+    """Each (sampled) training image's similarity to its k-th nearest other training image of the same class."""
+    rows = train
+    if len(train) > max_reference:
+        rows = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:max_reference]]
+    return kth_neighbour_similarity(rows, train, k + 1)  # its own image is its first neighbour
+
+
 def train_coverage(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, val_labels: torch.Tensor,
                    train_embeddings: torch.Tensor, train_labels: torch.Tensor, k: int = 5) -> list[float]:
-    """Per mode: the share of its class's validation samples that training images cover less than the mode's median
-    member (similarity to the k-th nearest same-class training image); 0 = the least covered part of the class."""
+    """Per mode: the share of its class's training images that their k nearest same-class training images cover
+    less than the mode's median member is covered by its k nearest (0 = less covered than any training image;
+    NaN when the class has too few training images)."""
     if k < 1:
         raise ValueError(f"k must be >= 1 (the training neighbour whose similarity measures coverage), got {k!r}")
     val = torch.nn.functional.normalize(val_embeddings.float(), dim=1)
     train = torch.nn.functional.normalize(train_embeddings.float(), dim=1)
-    val_labels, train_labels = torch.as_tensor(val_labels).long(), torch.as_tensor(train_labels).long()
-    per_class: dict[int, tuple[dict[int, int], torch.Tensor]] = {}  # class -> (val index -> row, similarities)
+    train_labels = torch.as_tensor(train_labels).long()
+    per_class: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # class -> (its training images, their coverage)
     out = []
     for mode in modes:
         c = mode.class_index
         if c not in per_class:
-            in_class = torch.nonzero(val_labels == c).flatten()
-            per_class[c] = ({int(i): n for n, i in enumerate(in_class.tolist())},
-                            kth_neighbour_similarity(val[in_class], train[train_labels == c], k))
-        position, sims = per_class[c]
-        members = torch.tensor([position[i] for i in mode.members if i in position], dtype=torch.long)
-        if not len(members) or not len(sims):
+            keys = train[train_labels == c]
+            per_class[c] = (keys, reference_coverage(keys, k))
+        keys, reference = per_class[c]
+        if not mode.members or len(keys) <= k:
             out.append(float("nan"))
             continue
-        median = sims[members].median()
-        out.append(float((sims < median).float().mean()))
+        median = kth_neighbour_similarity(val[torch.as_tensor(mode.members).long()], keys, k).median()
+        out.append(float((reference < median).float().mean()))
     return out
