@@ -182,7 +182,7 @@ def mode_coverage(cap: dict, modes: list) -> list[dict]:
     from blindspot.discovery.coverage import train_coverage
     from blindspot.groundtruth import majority_group
 
-    cover = (train_coverage(modes, cap["embeddings"], cap["labels"], cap["train_embeddings"], cap["train_labels"])
+    cover = (train_coverage(modes, cap["embeddings"], cap["train_embeddings"], cap["train_labels"])
              if "train_embeddings" in cap else [None] * len(modes))
     planted = {g for p in cap["planted"] for g in p.get("groups", [p["group"]])}
     out = []

@@ -137,7 +137,7 @@ class FailureLoop:
         t0 = time.perf_counter()
         modes = self.discovery(embeddings, labels, preds, list(class_names))
         if self.rank_by == "uncovered":
-            modes = self.rank_by_coverage(modes, embeddings, labels, train)
+            modes = self.rank_by_coverage(modes, embeddings, train)
         modes = modes[: self.max_modes]
         for m in modes:
             m.set_confusions(preds, labels, list(class_names))
@@ -147,14 +147,14 @@ class FailureLoop:
         seconds["caption"] = time.perf_counter() - t0
         return modes, seconds
 
-    def rank_by_coverage(self, modes: list[FailureMode], embeddings: torch.Tensor, labels: torch.Tensor,
+    def rank_by_coverage(self, modes: list[FailureMode], embeddings: torch.Tensor,
                          train: tuple[torch.Tensor, torch.Tensor] | None) -> list[FailureMode]:
         """The modes re-scored by score x (1 - training coverage), best first; both numbers are kept in `extra`."""
         if train is None:
             raise ValueError("loop.rank_by=uncovered needs the training split's CLIP embeddings (the datamodule's "
                              "train_images); use loop.rank_by=score for data without them")
-        for m, cover in zip(modes, train_coverage(modes, embeddings, labels, *train, k=self.coverage_k)):
-            cover = 0.0 if cover != cover else cover  # NaN: no training image of the class reaches it
+        for m, cover in zip(modes, train_coverage(modes, embeddings, *train, k=self.coverage_k)):
+            cover = 0.0 if cover != cover else cover  # NaN: the class has too few training images to cover it
             m.extra.update(slice_score=m.score, train_coverage=cover)
             m.score = m.score * (1.0 - cover)
         return sorted(modes, key=lambda m: -m.score)

@@ -662,9 +662,9 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
                fmt_change(m.get("acc_before"), m.get("acc_after"))]
         if with_coverage:
             extra = _dict(m.get("extra"))
-            cover, score = _num(extra.get("train_coverage")), _num(extra.get("slice_score"))
+            cover, slice_score = _num(extra.get("train_coverage")), _num(extra.get("slice_score"))
             row.append(MISSING if cover is None else f"{cover:.2f}" + (
-                f" ({_score(score)} → {_score(m.get('score'))})" if score is not None else ""))
+                f" ({_score(slice_score)} → {_score(m.get('score'))})" if slice_score is not None else ""))
         if with_group:
             group = m.get("majority_group")
             row.append(MISSING if group is None else

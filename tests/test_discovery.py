@@ -353,10 +353,9 @@ def test_coverage_ranks_a_slice_training_never_shows_below_one_it_shows_often():
     train = torch.cat([around(common, 200), around(rare, 200)])  # class 0 only in the common region; class 1 both
     train_labels = torch.tensor([0] * 200 + [1] * 200)
     val = torch.cat([around(common, 40), around(rare, 20)])
-    val_labels = torch.zeros(60, dtype=torch.long)
     mode = lambda members: FailureMode(0, "cow", members, 0.9, 0.3, 1.0)  # noqa: E731
     uncovered, covered = train_coverage([mode(list(range(40, 60))), mode(list(range(0, 20)))],
-                                        val, val_labels, train, train_labels)
+                                        val, train, train_labels)
     assert uncovered < 0.02 and 0.25 < covered < 0.75
     with pytest.raises(ValueError, match="k must be"):
-        train_coverage([], val, val_labels, train, train_labels, k=0)
+        train_coverage([], val, train, train_labels, k=0)

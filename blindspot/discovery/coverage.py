@@ -36,8 +36,8 @@ def reference_coverage(train: torch.Tensor, k: int, max_reference: int = MAX_REF
     return kth_neighbour_similarity(rows, train, k + 1)  # its own image is its first neighbour
 
 
-def train_coverage(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, val_labels: torch.Tensor,
-                   train_embeddings: torch.Tensor, train_labels: torch.Tensor, k: int = 5) -> list[float]:
+def train_coverage(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, train_embeddings: torch.Tensor,
+                   train_labels: torch.Tensor, k: int = 5) -> list[float]:
     """Per mode: the share of its class's training images that their k nearest same-class training images cover
     less than the mode's median member is covered by its k nearest (0 = less covered than any training image;
     NaN when the class has too few training images)."""
