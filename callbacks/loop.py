@@ -66,7 +66,6 @@ class FailureLoopCallback(Callback):
             features=features, train=lambda: self.train_split(trainer), pool=pool,
             rank=trainer.global_rank, world_size=trainer.world_size, barrier=trainer.strategy.barrier,
             broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0), gather=gather,
-            any_rank=lambda flag: trainer.strategy.reduce_boolean_decision(flag, all=False),
             should_stop=lambda: trainer.received_sigterm, progress=self.progress and trainer.is_global_zero,
             hparams=dict(getattr(pl_module, "hparams", {})))
 

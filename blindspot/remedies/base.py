@@ -33,7 +33,6 @@ class RemedyContext:
     barrier: Callable[[str], None] = lambda name: None
     broadcast: Callable[[Any], Any] = lambda obj: obj  # rank 0's object on every rank
     gather: Callable[[Any], list] = lambda obj: [obj]  # every rank's object, in rank order
-    any_rank: Callable[[bool], bool] = lambda flag: flag  # True on every rank when it is True on any
     should_stop: Callable[[], bool] = lambda: False  # e.g. SIGTERM received: stop between batches
     progress: bool = True
     hparams: dict = field(default_factory=dict)  # the classifier's hyper-parameters (e.g. its loss)

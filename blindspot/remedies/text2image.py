@@ -368,11 +368,13 @@ class Text2ImageRemedy:
                                should_stop=context.should_stop)
         except Exception as err:  # agree across ranks before anyone waits at a barrier
             error = err
-        if context.any_rank(error is not None):
+        # every rank learns every rank's error: the first rank to raise takes the others down before they can log
+        errors = context.gather(None if error is None else f"{type(error).__name__}: {error}")
+        if any(errors):
             if isinstance(error, InterruptedError):
                 raise error
-            raise GenerationFailedError(f"generation failed on at least one rank in round {round_index}: "
-                                        f"{error or 'see the other rank log'}") from error
+            failed = "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e)
+            raise GenerationFailedError(f"generation failed in round {round_index} on {failed}") from error
         for s in context.gather(asdict(stats)):
             for k in ("generated", "reused", "skipped_done", "kept"):
                 setattr(total, k, getattr(total, k) + s[k])
