@@ -68,6 +68,7 @@ class FailureLoop:
     `rank_by="uncovered"` multiplies each mode's slice score by (1 - its training coverage): a slice that training
     images barely reach (a blind spot more data can fix) outranks an equally failed slice that they cover well (a
     hard group), and, since remedies split their budget by score, it also gets more of the round's images.
+    It is conf/loop's default; the constructor's is "score", which needs no training embeddings.
     """
 
     def __init__(self, discovery: Callable, captioner: Callable, clip: ClipModel, remedy: Remedy | None = None,

@@ -122,9 +122,10 @@ class FailureLoopCallback(Callback):
             if trainer.is_global_zero:  # discover once, then broadcast: every rank gets the same modes
                 t0 = time.perf_counter()
                 val_emb = self.loop.embed(self.val_split(trainer), progress=self.progress)
+                train = self.train_embeddings(trainer)  # None unless the ranking needs them
                 seconds["embed"] = time.perf_counter() - t0
                 modes, found = self.loop.discover(val_emb, labels, preds, trainer.datamodule.class_names,
-                                                  train=self.train_embeddings(trainer))
+                                                  train=train)
                 seconds.update(found)
             modes, seconds = trainer.strategy.broadcast((modes, seconds), src=0)
             rnd = self.loop.add_round(epoch, modes, seconds, preds, labels)

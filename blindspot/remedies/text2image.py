@@ -407,7 +407,9 @@ class Text2ImageRemedy:
                  "reused": total.reused, "waves": 1 + max((w for w, _ in order.values()), default=0),
                  "contrast_injected": sum(r.get("role") == "contrast" for r in injected),
                  "contrast_over_share": len(kept) - len(usable)}
-        if self.target_kept and len(usable) < self.target_kept:
+        if not rnd.modes:
+            log.info("round %d found no failure modes: nothing to generate", rnd.index)
+        elif self.target_kept and len(usable) < self.target_kept:
             log.warning("round %d kept %d images, short of remedy.target_kept=%d after %d generated "
                         "(remedy.max_generated=%d)", rnd.index, len(usable), self.target_kept, len(records),
                         self.max_generated)
