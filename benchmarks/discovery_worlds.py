@@ -189,7 +189,8 @@ def mode_coverage(cap: dict, modes: list) -> list[dict]:
     for m, c in zip(modes, cover):
         group, share = majority_group(m, cap["groups"], cap["group_names"])
         out.append({"class": m.class_name, "group": group, "share": share, "planted": group in planted,
-                    "score": m.score, "error_rate": m.error_rate, "support": m.support, "coverage": c})
+                    "score": m.score, "slice_score": m.extra.get("slice_score", m.score),  # before rank_by=uncovered
+                    "error_rate": m.error_rate, "support": m.support, "coverage": c})
     return out
 
 
@@ -198,9 +199,10 @@ def reranked(modes: list, coverage: list[dict]) -> dict[str, list]:
     slice score discounted by coverage (score × (1 − coverage))."""
     if not modes or coverage[0]["coverage"] is None:
         return {}
-    pairs = list(zip(modes, (c["coverage"] for c in coverage)))
-    return {"least_covered": [m for m, _ in sorted(pairs, key=lambda p: p[1])],
-            "score_x_uncovered": [m for m, _ in sorted(pairs, key=lambda p: -p[0].score * (1 - p[1]))]}
+    pairs = list(zip(modes, coverage))  # the slice score from the rows: rank_by=uncovered discounted m.score already
+    by_coverage = sorted(pairs, key=lambda p: p[1]["coverage"])
+    by_uncovered = sorted(pairs, key=lambda p: -p[1]["slice_score"] * (1 - p[1]["coverage"]))
+    return {"least_covered": [m for m, _ in by_coverage], "score_x_uncovered": [m for m, _ in by_uncovered]}
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -257,8 +259,8 @@ def coverage_table(rows: list[dict]) -> list[str]:
         if key in seen or not r.get("coverage") or r["coverage"][0]["coverage"] is None:
             continue
         seen.add(key)
-        cells = [f"{table_cell(c['group'] or '?')}{' (planted)' if c['planted'] else ''}: score "
-                 f"{c['score']:.2f}, error {c['error_rate']:.0%} of {c['support']}, coverage {c['coverage']:.2f}"
+        cells = [f"{table_cell(c['group'] or '?')}{' (planted)' if c['planted'] else ''}: slice score "
+                 f"{c.get('slice_score', c['score']):.2f}, error {c['error_rate']:.0%} of {c['support']}, coverage {c['coverage']:.2f}"
                  for c in r["coverage"]]
         lines.append(f"| {r['world']} | {r.get('seed', '?')} | " + "<br>".join(cells) + " |")
     if not lines:

@@ -368,14 +368,15 @@ class Text2ImageRemedy:
                                should_stop=context.should_stop)
         except Exception as err:  # agree across ranks before anyone waits at a barrier
             error = err
-        # every rank learns every rank's error: the first rank to raise takes the others down before they can log
-        errors = context.gather(None if error is None else f"{type(error).__name__}: {error}")
-        if any(errors):
+        # every rank learns every rank's error (the first rank to raise takes the others down before they can log)
+        # and stats, in one collective
+        outcomes = context.gather((None if error is None else f"{type(error).__name__}: {error}", asdict(stats)))
+        if any(e for e, _ in outcomes):
             if isinstance(error, InterruptedError):
                 raise error
-            failed = "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e)
+            failed = "; ".join(f"rank {r}: {e}" for r, (e, _) in enumerate(outcomes) if e)
             raise GenerationFailedError(f"generation failed in round {round_index} on {failed}") from error
-        for s in context.gather(asdict(stats)):
+        for _, s in outcomes:
             for k in ("generated", "reused", "skipped_done", "kept"):
                 setattr(total, k, getattr(total, k) + s[k])
             total.failed_prompts += s["failed_prompts"]
