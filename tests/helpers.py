@@ -86,3 +86,14 @@ class BagOfWords:
                     self.words[w] = torch.randn(self.dim, generator=seed)
             out.append(F.normalize(torch.stack([self.words[w] for w in t.lower().split()]).sum(0), dim=-1))
         return torch.stack(out)
+
+
+class FailInSetup(Callback):
+    """Raises in `setup` on one DDP rank only (to test that a one-rank setup error stops every rank, none hangs)."""
+
+    def __init__(self, fail_rank: int = 1):
+        self.fail_rank = fail_rank
+
+    def setup(self, trainer, pl_module, stage):
+        if trainer.global_rank == self.fail_rank:
+            raise RuntimeError(f"simulated setup failure on rank {self.fail_rank}")
