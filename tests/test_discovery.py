@@ -11,7 +11,7 @@ from sklearn.svm import LinearSVC
 
 from blindspot.discovery import (DISCOVERY_METHODS, ErrorClusters, ErrorNeighbourhoods, FailureDirections, discover,
                                  linear_svm)
-from blindspot.discovery.scoring import best_prefix, binomial_z, class_batches, wilson_lower_bound
+from blindspot.discovery.scoring import best_prefix, binomial_z, class_batches, error_gap, wilson_lower_bound
 from blindspot.modes import FailureMode
 
 torch.set_num_threads(1)
@@ -165,6 +165,9 @@ def test_linear_svm_rejects_bad_input():
         (ErrorNeighbourhoods, {"max_support": 3}, "max_support"),
         (ErrorNeighbourhoods, {"max_modes_per_class": 0}, "max_modes_per_class"),
         (ErrorNeighbourhoods, {"slice_score": "auc"}, "slice_score"),
+        (FailureDirections, {"error_gap_to": "mean"}, "error_gap_to"),
+        (ErrorClusters, {"error_gap_to": "mean"}, "error_gap_to"),
+        (ErrorNeighbourhoods, {"error_gap_to": "mean"}, "error_gap_to"),
     ],
 )
 def test_knobs_are_validated(cls, knobs, match):
@@ -224,6 +227,32 @@ def test_best_prefix_and_score():
     assert k.tolist()[1] == 4 and math.isclose(float(score[1]), float(expected), rel_tol=1e-5)
     k, score = best_prefix(ranked, torch.tensor([10, 10]), torch.tensor([0.5, 0.3]), min_support=2, min_error_gap=0.6)
     assert k.tolist() == [0, 0] and torch.isinf(score).all()
+
+
+def test_error_gap_to_the_rest_of_the_class_does_not_shrink_as_the_slice_grows():
+    errors, size, class_errors, class_size = (torch.tensor(x) for x in (15.0, 50.0, 15.0, 100.0))
+    assert math.isclose(float(error_gap(errors, size, class_errors, class_size, "class")), 0.15, abs_tol=1e-6)
+    assert math.isclose(float(error_gap(errors, size, class_errors, class_size, "rest")), 0.30, abs_tol=1e-6)
+    assert float(error_gap(class_errors, class_size, class_errors, class_size, "rest")) == 0.0  # the whole class
+
+
+def test_a_half_class_blind_spot_is_a_slice_only_against_the_rest_of_the_class():
+    # 50 of 100 images in the slice, 30% of them wrong, none outside: 0.15 above the class, 0.30 above the rest
+    ranked = torch.zeros(1, 100)
+    ranked[0, :50] = torch.isin(torch.arange(50) % 10, torch.tensor([3, 6, 9])).float()  # spread evenly
+    rate = ranked.sum(1) / 100
+    k, _ = best_prefix(ranked, torch.tensor([100]), rate, min_support=8, min_error_gap=0.2, gap_to="class")
+    k_rest, _ = best_prefix(ranked, torch.tensor([100]), rate, min_support=8, min_error_gap=0.2, gap_to="rest")
+    assert int(k) == 0
+    assert 8 <= int(k_rest) <= 50
+
+
+@pytest.mark.parametrize("cls", [FailureDirections, ErrorClusters, ErrorNeighbourhoods])
+def test_every_method_finds_the_planted_slice_with_either_gap_reference(cls):
+    x, labels, preds, _, in_slice = planted(cluster=True)
+    for gap_to in ("class", "rest"):
+        modes = [m for m in cls(error_gap_to=gap_to)(x, labels, preds, NAMES) if m.class_name == "cow"]
+        assert modes and precision_recall(modes[0], in_slice)[0] > 0.8, gap_to
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

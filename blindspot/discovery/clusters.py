@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from blindspot.discovery.scoring import (check_common_knobs, check_max_modes_per_class, check_slice_score, ClassBatch,
-                                        Discovery, slice_score)
+                                        Discovery, error_gap, slice_score)
 from blindspot.modes import FailureMode
 
 
@@ -29,6 +29,7 @@ class ErrorClusters(Discovery):
         min_errors: int = 3,
         min_support: int = 8,
         min_error_gap: float = 0.2,
+        error_gap_to: str = "class",
         max_modes_per_class: int | None = 2,
         max_modes: int | None = None,
         slice_score: str = "z",
@@ -40,7 +41,8 @@ class ErrorClusters(Discovery):
         steps; min_errors: errors a class needs to be searched; min_support / min_error_gap: smallest slice and its
         least error-rate excess over the class; max_modes_per_class / max_modes: caps; slice_score: how clusters are
         scored and ranked ("z" or "error_lower_bound", see `scoring`); max_batch_bytes: memory for
-        one padded batch of classes; seed: k-means++ seeding."""
+        one padded batch of classes; seed: k-means++ seeding; error_gap_to: "rest" or "class", what min_error_gap
+        is measured from (`scoring.error_gap`)."""
         if not isinstance(n_clusters, int) or n_clusters < 2:
             raise ValueError(f"n_clusters must be an int >= 2, got {n_clusters!r}")
         if not error_weight >= 0:
@@ -48,7 +50,7 @@ class ErrorClusters(Discovery):
         if not isinstance(n_init, int) or n_init < 1 or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"n_init and max_iter must be ints >= 1, got {n_init!r} and {max_iter!r}")
         check_max_modes_per_class(max_modes_per_class, allow_none=True)
-        check_common_knobs(min_support, min_error_gap, min_errors, max_modes, max_batch_bytes)
+        check_common_knobs(min_support, min_error_gap, min_errors, max_modes, max_batch_bytes, error_gap_to)
         check_slice_score(slice_score)
         self.n_clusters = n_clusters
         self.error_weight = float(error_weight)
@@ -57,6 +59,7 @@ class ErrorClusters(Discovery):
         self.min_errors = min_errors
         self.min_support = min_support
         self.min_error_gap = min_error_gap
+        self.error_gap_to = error_gap_to
         self.max_modes_per_class = max_modes_per_class
         self.max_modes = max_modes
         self.slice_score = slice_score
@@ -92,7 +95,8 @@ class ErrorClusters(Discovery):
         rate = err / size.clamp(min=1)
         class_rate = (e.sum(1) / sizes).unsqueeze(1)
         score = slice_score(self.slice_score, rate, size, class_rate)
-        ok = (size >= self.min_support) & (rate - class_rate >= self.min_error_gap - 1e-6)
+        gap = error_gap(err, size, e.sum(1, keepdim=True), sizes.unsqueeze(1), self.error_gap_to)
+        ok = (size >= self.min_support) & (gap >= self.min_error_gap - 1e-6)
         centroid = torch.bmm(onehot.transpose(1, 2), X) / size.clamp(min=1).unsqueeze(-1)  # [K, k, d]
         modes = []
         for i, j in torch.nonzero(ok).tolist():

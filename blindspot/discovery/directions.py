@@ -53,6 +53,7 @@ class FailureDirections(Discovery):
         min_errors: int = 5,
         min_support: int = 8,
         min_error_gap: float = 0.2,
+        error_gap_to: str = "class",
         max_modes: int | None = None,
         max_modes_per_class: int = 1,
         slice_score: str = "z",
@@ -67,6 +68,8 @@ class FailureDirections(Discovery):
         cv_one_se: take the smallest C whose CV balanced accuracy is within one standard error of the best.
         min_errors: errors, and correct predictions, a class needs to be searched (at least cv_folds).
         min_support / min_error_gap: smallest slice, and least excess of its error rate over the class's.
+        error_gap_to: what min_error_gap is measured from: "rest" (the class without the slice) or "class" (the
+            whole class, the slice included, so a large slice needs a larger error rate), see `scoring.error_gap`.
         max_modes: overall cap on the modes returned.
         max_modes_per_class: directions per class; each one after the first is fitted without the samples of the
             slices already found in that class (a second blind spot of the same class).
@@ -85,7 +88,7 @@ class FailureDirections(Discovery):
             raise ValueError("cv_folds=0 cannot choose among several Cs: pass one C (e.g. Cs=[0.01]) or cv_folds>=2")
         if cross_fitted_slices and cv_folds == 0:
             raise ValueError("cross_fitted_slices needs cv_folds >= 2 (or set cross_fitted_slices=False)")
-        check_common_knobs(min_support, min_error_gap, min_errors, max_modes)
+        check_common_knobs(min_support, min_error_gap, min_errors, max_modes, error_gap_to=error_gap_to)
         check_slice_score(slice_score)
         check_max_modes_per_class(max_modes_per_class)
         if not tol > 0 or not isinstance(max_iter, int) or max_iter < 1:
@@ -98,6 +101,7 @@ class FailureDirections(Discovery):
         self.min_errors = max(min_errors, cv_folds)
         self.min_support = min_support
         self.min_error_gap = min_error_gap
+        self.error_gap_to = error_gap_to
         self.max_modes = max_modes
         self.max_modes_per_class = self.passes = max_modes_per_class
         self.slice_score = slice_score
@@ -162,7 +166,7 @@ class FailureDirections(Discovery):
         n_err = y.sum(1)
         class_rate = n_err.float() / batch.sizes.float()
         k, score = best_prefix(ranked_err, batch.sizes, class_rate, self.min_support, self.min_error_gap,
-                               score=self.slice_score)
+                               score=self.slice_score, gap_to=self.error_gap_to)
         wnorm = w.norm(dim=1)
         unit = (w / wnorm.clamp(min=1e-12).unsqueeze(1)).cpu()
         modes = []

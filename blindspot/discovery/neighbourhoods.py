@@ -27,6 +27,7 @@ class ErrorNeighbourhoods(Discovery):
         min_errors: int = 5,
         min_support: int = 8,
         min_error_gap: float = 0.2,
+        error_gap_to: str = "class",
         max_support: int | None = None,
         max_modes_per_class: int = 2,
         max_modes: int | None = None,
@@ -37,8 +38,9 @@ class ErrorNeighbourhoods(Discovery):
         """min_errors: errors a class needs to be searched; min_support / min_error_gap: smallest slice and its least
         error-rate excess over the class; max_support: largest slice (None: half the class); max_modes_per_class /
         max_modes: caps (each later mode of a class is searched without the earlier ones' samples); slice_score:
-        "error_lower_bound" or "z" (see `scoring`); max_batch_bytes: memory for one block of neighbour lists."""
-        check_common_knobs(min_support, min_error_gap, min_errors, max_modes, max_batch_bytes)
+        "error_lower_bound" or "z" (see `scoring`); max_batch_bytes: memory for one block of neighbour lists;
+        error_gap_to: "rest" or "class", what min_error_gap is measured from (`scoring.error_gap`)."""
+        check_common_knobs(min_support, min_error_gap, min_errors, max_modes, max_batch_bytes, error_gap_to)
         check_slice_score(slice_score)
         if max_support is not None and (not isinstance(max_support, int) or max_support < min_support):
             raise ValueError(f"max_support must be None or an int >= min_support, got {max_support!r}")
@@ -46,6 +48,7 @@ class ErrorNeighbourhoods(Discovery):
         self.min_errors = min_errors
         self.min_support = min_support
         self.min_error_gap = min_error_gap
+        self.error_gap_to = error_gap_to
         self.max_support = max_support
         self.max_modes_per_class = self.passes = max_modes_per_class
         self.max_modes = max_modes
@@ -100,7 +103,7 @@ class ErrorNeighbourhoods(Discovery):
             ranked = err[order]
             k, score = best_prefix(ranked, torch.full((len(block),), n, device=X.device), class_rate.expand(len(block)),
                                    self.min_support, self.min_error_gap, max_size=limit.expand(len(block)),
-                                   score=self.slice_score)
+                                   score=self.slice_score, gap_to=self.error_gap_to)
             j = int(score.argmax())
             if float(score[j]) > best_score:
                 best_score, members = float(score[j]), order[j, : int(k[j])]

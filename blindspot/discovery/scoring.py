@@ -106,6 +106,26 @@ def slice_score(kind: str, slice_error_rate: torch.Tensor, slice_size: torch.Ten
     return wilson_lower_bound(slice_error_rate, slice_size)
 
 
+GAP_REFERENCES = ("rest", "class")
+
+
+def error_gap(slice_errors: torch.Tensor, slice_size: torch.Tensor, class_errors: torch.Tensor,
+              class_size: torch.Tensor, gap_to: str) -> torch.Tensor:
+    """How far a slice's error rate lies above the rest of its class's ("rest") or the whole class's ("class").
+
+    "rest" does not shrink as the slice grows: a slice of half the class with 30% errors and none elsewhere has a
+    gap of 0.3 to the rest but only 0.15 to the class. A slice that is the whole class has no gap.
+    """
+    if gap_to not in GAP_REFERENCES:
+        raise ValueError(f"error_gap_to={gap_to!r}: use one of {', '.join(GAP_REFERENCES)}")
+    rate = slice_errors / slice_size.clamp(min=1)
+    if gap_to == "class":
+        return rate - class_errors / class_size.clamp(min=1)
+    rest = class_size - slice_size
+    rest_rate = (class_errors - slice_errors) / rest.clamp(min=1)
+    return torch.where(rest > 0, rate - rest_rate, torch.zeros_like(rate))
+
+
 def best_prefix(
     ranked_errors: torch.Tensor,
     sizes: torch.Tensor,
@@ -114,18 +134,22 @@ def best_prefix(
     min_error_gap: float,
     max_size: torch.Tensor | None = None,
     score: str = "z",
+    gap_to: str = "class",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best slice = top-k of each ranked row maximising the score with k >= min_support and gap >= min_error_gap.
 
-    ranked_errors: [K, n] 0/1 error flags in ranking order (padding after `sizes`). Returns (k, score) per row,
-    k = 0 and score = -inf where no prefix qualifies.
+    ranked_errors: [K, n] 0/1 error flags in ranking order (padding after `sizes`; each row holds its whole class).
+    gap_to: what the gap is measured from (`error_gap`). Returns (k, score) per row, k = 0 and score = -inf where no
+    prefix qualifies.
     """
     K, n = ranked_errors.shape
     k = torch.arange(1, n + 1, device=ranked_errors.device, dtype=torch.float32).expand(K, n)
-    rate = ranked_errors.float().cumsum(1) / k
+    cum = ranked_errors.float().cumsum(1)
+    rate = cum / k
     ce = class_error_rate.float().unsqueeze(1)
     limit = sizes if max_size is None else torch.minimum(sizes, max_size)
-    ok = (k >= min_support) & (k <= limit.unsqueeze(1)) & (rate - ce >= min_error_gap - 1e-6)
+    gap = error_gap(cum, k, cum[:, -1:], sizes.float().unsqueeze(1), gap_to)
+    ok = (k >= min_support) & (k <= limit.unsqueeze(1)) & (gap >= min_error_gap - 1e-6)
     values = torch.where(ok, slice_score(score, rate, k, ce), torch.full_like(rate, -float("inf")))
     best, arg = values.max(1)
     return torch.where(torch.isfinite(best), arg + 1, torch.zeros_like(arg)), best
@@ -228,14 +252,18 @@ def error_counts(labels: torch.Tensor, wrong: torch.Tensor, n_classes: int) -> t
 
 
 def check_common_knobs(min_support: int, min_error_gap: float, min_errors: int, max_modes: int | None,
-                       max_batch_bytes: int = 2**30) -> None:
+                       max_batch_bytes: int = 2**30, error_gap_to: str = "class") -> None:
     """Raise ValueError naming the knob when a shared discovery setting is out of range."""
+    if error_gap_to not in GAP_REFERENCES:
+        raise ValueError(f"error_gap_to={error_gap_to!r}: use one of {', '.join(GAP_REFERENCES)} (what a slice's "
+                         "error rate is compared with)")
     if max_batch_bytes < 2**20:
         raise ValueError(f"max_batch_bytes must be >= 1 MiB, got {max_batch_bytes!r}")
     if not isinstance(min_support, int) or min_support < 1:
         raise ValueError(f"min_support must be an int >= 1 (minimum slice size), got {min_support!r}")
     if not 0.0 <= min_error_gap < 1.0:
-        raise ValueError(f"min_error_gap must be in [0, 1) (slice minus class error rate), got {min_error_gap!r}")
+        raise ValueError(f"min_error_gap must be in [0, 1) (slice minus rest-of-class or class error rate), got "
+                         f"{min_error_gap!r}")
     if not isinstance(min_errors, int) or min_errors < 1:
         raise ValueError(f"min_errors must be an int >= 1 (errors a class needs to be searched), got {min_errors!r}")
     if max_modes is not None and (not isinstance(max_modes, int) or max_modes < 1):
