@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from blindspot.world.dataset import (Planted, SplitSizes, WorldSplit, build_split, group_names, planted_slices,
-                                     validate_planted)
+from blindspot.world.dataset import (POOLS, Planted, SplitSizes, WorldSplit, build_split, group_names,
+                                     planted_slices, validate_planted)
 from blindspot.world.spec import WorldSpec
 
 from .base import BlindspotDataModule
@@ -30,6 +30,7 @@ class WorldDataModule(BlindspotDataModule):
         val_per_group: int = 20,
         test_per_group: int = 50,
         pool_per_class: int = 500,
+        pool: str = "uniform",
         seed: int = 0,
         cache_dir: str | None = None,
         **loader_kwargs,
@@ -39,7 +40,9 @@ class WorldDataModule(BlindspotDataModule):
         self.planted = [Planted(**dict(p)) for p in planted]
         validate_planted(self.spec, self.planted)
         self.sizes = SplitSizes(train_per_class, val_per_group, test_per_group, pool_per_class)
-        self.seed, self.cache_dir = seed, cache_dir
+        if pool not in POOLS:
+            raise ValueError(f"data.pool={pool!r}: use one of {', '.join(POOLS)}")
+        self.seed, self.cache_dir, self.pool = seed, cache_dir, pool
         self.splits: dict[str, WorldSplit] = {}
 
     @property
@@ -53,7 +56,8 @@ class WorldDataModule(BlindspotDataModule):
     def split(self, name: str) -> WorldSplit:
         """A rendered split ('train', 'val', 'test' or the unlabelled 'pool'), built once."""
         if name not in self.splits:
-            self.splits[name] = build_split(self.spec, self.planted, name, self.sizes, self.seed, self.cache_dir)
+            self.splits[name] = build_split(self.spec, self.planted, name, self.sizes, self.seed, self.cache_dir,
+                                            pool=self.pool)
         return self.splits[name]
 
     def prepare_data(self) -> None:
@@ -81,7 +85,8 @@ class WorldDataModule(BlindspotDataModule):
         return self.split("test").fingerprint
 
     def pool_split(self) -> WorldSplit:
-        """The unlabelled-style pool (uniform over attributes, with class labels) that retrieval draws from."""
+        """The unlabelled-style pool retrieval draws from (with class labels): `pool="uniform"` spreads it evenly over
+        attribute values, `pool="train"` draws it like the training set, so its blind spots are as rare there."""
         return self.split("pool")
 
     def planted_slices(self) -> list[dict]:

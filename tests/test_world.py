@@ -75,6 +75,20 @@ def test_planted_rates_hold_in_train():
     assert seen[SPEC.backgrounds.index("water")] < seen[SPEC.backgrounds.index("sand")]
 
 
+def test_a_train_like_pool_keeps_the_blind_spots_as_rare_as_train_does():
+    sizes = SplitSizes(train_per_class=300, val_per_group=4, test_per_group=6, pool_per_class=300)
+    grass, star = SPEC.backgrounds.index("grass"), SPEC.classes.index("star")
+    share = {}
+    for pool in ("uniform", "train"):
+        s = build_split(SPEC, PLANTED, "pool", sizes, seed=0, pool=pool)
+        share[pool] = (s.attributes["background"][s.labels == star] == grass).float().mean().item()
+    assert share["uniform"] > 0.1 and share["train"] < 0.05  # 1/6 of the stars vs the planted 0.01
+    uniform, train = (build_split(SPEC, PLANTED, "pool", sizes, seed=0, pool=p).fingerprint for p in ("uniform", "train"))
+    assert uniform != train
+    with pytest.raises(ValueError, match="data.pool"):
+        build_split(SPEC, PLANTED, "pool", sizes, seed=0, pool="balanced")
+
+
 def test_rare_entries_are_the_planted_blind_spots():
     from blindspot.world.dataset import planted_slices
 

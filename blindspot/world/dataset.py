@@ -141,7 +141,11 @@ def _attribute_probs(spec: WorldSpec, planted: list[Planted], attribute: str) ->
     return probs / probs.sum(1, keepdim=True)
 
 
-def _sample_table(spec: WorldSpec, planted: list[Planted], split: str, sizes: SplitSizes, seed: int) -> dict:
+POOLS = ("uniform", "train")  # the retrieval pool: even over attribute values | drawn like train (rare blind spots)
+
+
+def _sample_table(spec: WorldSpec, planted: list[Planted], split: str, sizes: SplitSizes, seed: int,
+                  pool: str = "uniform") -> dict:
     """Class and attribute indices for every image of a split (before rendering)."""
     g = torch.Generator().manual_seed(1000 * seed + SPLIT_SEEDS[split])
     n_cls = len(spec.classes)
@@ -151,7 +155,8 @@ def _sample_table(spec: WorldSpec, planted: list[Planted], split: str, sizes: Sp
         per = sizes.train_per_class if split == "train" else sizes.pool_per_class
         table["class"] = torch.arange(n_cls).repeat_interleave(per)
         for a in ATTRIBUTES:
-            probs = _attribute_probs(spec, planted if split == "train" else [], a)
+            like_train = split == "train" or pool == "train"
+            probs = _attribute_probs(spec, planted if like_train else [], a)
             table[a] = torch.multinomial(probs[table["class"]], 1, generator=g).flatten()
     else:
         per = sizes.val_per_group if split == "val" else sizes.test_per_group
@@ -174,22 +179,29 @@ def _group_index(spec: WorldSpec, planted: list[Planted], table: dict) -> torch.
     return idx
 
 
-def fingerprint(spec: WorldSpec, planted: list[Planted], split: str, sizes: SplitSizes, seed: int) -> str:
+def fingerprint(spec: WorldSpec, planted: list[Planted], split: str, sizes: SplitSizes, seed: int,
+                pool: str = "uniform") -> str:
     """A short hash of everything that determines a split's pixels and labels."""
-    key = json.dumps({"spec": asdict(spec), "planted": [asdict(p) for p in planted], "split": split,
-                      "sizes": asdict(sizes), "seed": seed, "renderer": RENDERER_VERSION}, sort_keys=True)
+    fields = {"spec": asdict(spec), "planted": [asdict(p) for p in planted], "split": split,
+              "sizes": asdict(sizes), "seed": seed, "renderer": RENDERER_VERSION}
+    if split == "pool" and pool != "uniform":
+        fields["pool"] = pool
+    key = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def build_split(spec: WorldSpec, planted: list[Planted], split: str, sizes: SplitSizes = SplitSizes(),
-                seed: int = 0, cache_dir: str | os.PathLike | None = None, chunk: int = 2048) -> WorldSplit:
-    """Render (or load from the cache) one split of the world task."""
+                seed: int = 0, cache_dir: str | os.PathLike | None = None, chunk: int = 2048,
+                pool: str = "uniform") -> WorldSplit:
+    """Render (or load from the cache) one split of the world task; `pool` says how the pool split is drawn."""
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; known: {list(SPLIT_SEEDS)}")
+    if pool not in POOLS:
+        raise ValueError(f"data.pool={pool!r}: use one of {', '.join(POOLS)}")
     validate_planted(spec, planted)
-    fp = fingerprint(spec, planted, split, sizes, seed)
+    fp = fingerprint(spec, planted, split, sizes, seed, pool)
     path = Path(cache_dir) / f"world-{split}-{fp}.pt" if cache_dir else None
-    table = _sample_table(spec, planted, split, sizes, seed)
+    table = _sample_table(spec, planted, split, sizes, seed, pool)
     if path is not None and path.is_file():
         images = torch.load(path, weights_only=True)
     else:
