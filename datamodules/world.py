@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from blindspot.world.dataset import (POOLS, Planted, SplitSizes, WorldSplit, build_split, group_names,
+from blindspot.world.dataset import (Planted, SplitSizes, WorldSplit, build_split, check_pool, group_names,
                                      planted_slices, validate_planted)
 from blindspot.world.spec import WorldSpec
 
@@ -40,8 +40,7 @@ class WorldDataModule(BlindspotDataModule):
         self.planted = [Planted(**dict(p)) for p in planted]
         validate_planted(self.spec, self.planted)
         self.sizes = SplitSizes(train_per_class, val_per_group, test_per_group, pool_per_class)
-        if pool not in POOLS:
-            raise ValueError(f"data.pool={pool!r}: use one of {', '.join(POOLS)}")
+        check_pool(pool)
         self.seed, self.cache_dir, self.pool = seed, cache_dir, pool
         self.splits: dict[str, WorldSplit] = {}
 

@@ -116,8 +116,7 @@ def error_gap(slice_errors: torch.Tensor, slice_size: torch.Tensor, class_errors
     "rest" does not shrink as the slice grows: a slice of half the class with 30% errors and none elsewhere has a
     gap of 0.3 to the rest but only 0.15 to the class. A slice that is the whole class has no gap.
     """
-    if gap_to not in GAP_REFERENCES:
-        raise ValueError(f"error_gap_to={gap_to!r}: use one of {', '.join(GAP_REFERENCES)}")
+    check_error_gap_to(gap_to)
     rate = slice_errors / slice_size.clamp(min=1)
     if gap_to == "class":
         return rate - class_errors / class_size.clamp(min=1)
@@ -254,9 +253,7 @@ def error_counts(labels: torch.Tensor, wrong: torch.Tensor, n_classes: int) -> t
 def check_common_knobs(min_support: int, min_error_gap: float, min_errors: int, max_modes: int | None,
                        max_batch_bytes: int = 2**30, error_gap_to: str = "class") -> None:
     """Raise ValueError naming the knob when a shared discovery setting is out of range."""
-    if error_gap_to not in GAP_REFERENCES:
-        raise ValueError(f"error_gap_to={error_gap_to!r}: use one of {', '.join(GAP_REFERENCES)} (what a slice's "
-                         "error rate is compared with)")
+    check_error_gap_to(error_gap_to)
     if max_batch_bytes < 2**20:
         raise ValueError(f"max_batch_bytes must be >= 1 MiB, got {max_batch_bytes!r}")
     if not isinstance(min_support, int) or min_support < 1:
@@ -276,6 +273,13 @@ def check_max_modes_per_class(value: int | None, allow_none: bool = False) -> No
         return
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"max_modes_per_class must be {'None or ' if allow_none else ''}an int >= 1, got {value!r}")
+
+
+def check_error_gap_to(gap_to: str) -> None:
+    """Raise ValueError naming the knob when `error_gap_to` is unknown."""
+    if gap_to not in GAP_REFERENCES:
+        raise ValueError(f"error_gap_to={gap_to!r}: use one of {', '.join(GAP_REFERENCES)} (what a slice's error "
+                         "rate is compared with)")
 
 
 def check_slice_score(kind: str) -> None:

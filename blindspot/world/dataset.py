@@ -144,6 +144,12 @@ def _attribute_probs(spec: WorldSpec, planted: list[Planted], attribute: str) ->
 POOLS = ("uniform", "train")  # the retrieval pool: even over attribute values | drawn like train (rare blind spots)
 
 
+def check_pool(pool: str) -> None:
+    """Raise ValueError naming the knob when `pool` is unknown."""
+    if pool not in POOLS:
+        raise ValueError(f"data.pool={pool!r}: use one of {', '.join(POOLS)}")
+
+
 def _sample_table(spec: WorldSpec, planted: list[Planted], split: str, sizes: SplitSizes, seed: int,
                   pool: str = "uniform") -> dict:
     """Class and attribute indices for every image of a split (before rendering)."""
@@ -196,8 +202,7 @@ def build_split(spec: WorldSpec, planted: list[Planted], split: str, sizes: Spli
     """Render (or load from the cache) one split of the world task; `pool` says how the pool split is drawn."""
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; known: {list(SPLIT_SEEDS)}")
-    if pool not in POOLS:
-        raise ValueError(f"data.pool={pool!r}: use one of {', '.join(POOLS)}")
+    check_pool(pool)
     validate_planted(spec, planted)
     fp = fingerprint(spec, planted, split, sizes, seed, pool)
     path = Path(cache_dir) / f"world-{split}-{fp}.pt" if cache_dir else None
