@@ -36,8 +36,8 @@ def resume_checkpoint(run_dir: str | None) -> str | None:
     last = Path(run_dir) / "checkpoints" / "last.ckpt"
     if last.is_file():
         return str(last)
-    log.warning("resume: %s has no checkpoint yet (stopped during the first epoch); starting it again in place, "
-                "reusing the generated images and manifests already there", run_dir)
+    log.warning("resume: %s has no checkpoint yet (stopped during its first epoch); starting it again in place "
+                "(from ckpt_path, if set), reusing the generated images and manifests already there", run_dir)
     return None
 
 
@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> float | None:
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    ckpt_path = cfg.ckpt_path or resume_checkpoint(cfg.resume)
+    ckpt_path = resume_checkpoint(cfg.resume) or cfg.ckpt_path  # a resumed run continues from its own last epoch
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     value = trainer.callback_metrics.get(cfg.optimized_metric)  # read before test() resets the metrics

@@ -80,7 +80,7 @@ def suite_jobs(config: str, worlds: list[str] | None, overrides: list[str] = ())
     """The suite's failure_diffusion jobs (world, seed, overrides) of a suite configuration."""
     from . import suite
 
-    cfg = suite.load_config(config, list(overrides))
+    cfg = suite.load_config(config, [*overrides, "branch=false"])  # a capture trains from scratch: no ERM run needed
     spec, all_worlds = suite.build_worlds(cfg)
     jobs = [j for j in suite.plan(cfg, spec, all_worlds, ROOT / "outputs" / "suite") if j.method == METHOD]
     return [j for j in jobs if worlds is None or j.world in worlds]

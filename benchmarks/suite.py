@@ -28,11 +28,13 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from blindspot.world.suite import SuiteWorld
@@ -40,11 +42,12 @@ from blindspot.world.spec import WorldSpec
 
 from .common import table_cell
 from .compare import SLOW_FIRST, git_commit, images_added, overrides_for
-from .runs import claimed, finished_report, is_current, reusable_report
+from .runs import claimed, compose_train, finished_report, is_current, reusable_report, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CEILING = "ceiling"  # the pseudo-method: the baseline on the world's ceiling
 STATUS_FAILED, STATUS_PARTLY, STATUS_NOT_FAILED = "failed by ERM", "partly failed", "not failed by ERM"
+LOOP_ONLY_DATA = ("synthetic_repeat", "pool")  # data keys that act only on injected or retrieved images
 
 
 @dataclass
@@ -57,6 +60,8 @@ class Job:
     args: list[str]
     out: Path
     alias: bool = False  # the ceiling of a world without a blind spot is its ERM run
+    after: "Job | None" = None  # the baseline run this one starts from (its checkpoint at `branch_epoch`)
+    branch_epoch: int = 0  # epochs taken over from `after` (0: trains from scratch)
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -123,6 +128,34 @@ def run_folder(out: Path, world: str, method: str, seed: int, args: list[str]) -
     return out / world / method / f"seed{seed}-{digest}"
 
 
+def run_prefix(method: str, seed: int) -> list[str]:
+    """The overrides every run of a method starts with (then common, the method's own, the world's)."""
+    return ["experiment=compare", f"+augment={method}", f"seed={seed}", "logger=csv"]
+
+
+def branch_epoch(cfg: DictConfig, method: str) -> int:
+    """Epochs a method's runs share with the baseline's: all before its loop's first round, if nothing else differs.
+
+    A failure loop acts first at the end of `loop.start_epoch`; until then the run is the baseline's, epoch for
+    epoch (same model, trainer, seed and data; data shuffles and flips depend only on seed and epoch), so it can
+    start from the baseline's checkpoint of epoch `start_epoch - 1`. 0: the method trains from scratch.
+    """
+    if not cfg.get("branch", False) or method in (cfg.baseline, CEILING):
+        return 0
+    own = compose_train(run_prefix(method, 0) + method_overrides(cfg, method))
+    if own.get("loop") is None or int(own.loop.start_epoch) < 2:
+        return 0
+    base = compose_train(run_prefix(cfg.baseline, 0) + method_overrides(cfg, cfg.baseline))
+    return int(own.loop.start_epoch) - 1 if _before_the_loop(base) == _before_the_loop(own) else 0
+
+
+def _before_the_loop(cfg: DictConfig) -> dict:
+    """What decides a run's epochs before its failure loop acts: seed, model, trainer, data (less loop-only keys)."""
+    resolved = yaml.safe_load(settings(cfg))
+    data = {k: v for k, v in resolved["data"].items() if k not in LOOP_ONLY_DATA}
+    return {"seed": resolved["seed"], "model": resolved["model"], "trainer": resolved["trainer"], "data": data}
+
+
 def plan(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld], out: Path) -> list[Job]:
     """Every (world, method, seed) run of the configuration, the ceiling included."""
     methods = list(cfg.methods)
@@ -133,21 +166,29 @@ def plan(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld], out: Path) 
         known = sorted(p.stem for p in (ROOT / "conf" / "augment").glob("*.yaml"))
         raise SystemExit(f"methods {unknown} have no conf/augment/<name>.yaml; known: {known} "
                          "(fix conf/suite: methods)")
+    branches = {m: branch_epoch(cfg, m) for m in methods}
+    keep = math.gcd(*branches.values())  # the baseline keeps every checkpoint a method starts from
+    order = [cfg.baseline] + [m for m in methods if m != cfg.baseline] + ([CEILING] if cfg.get("ceiling", True) else [])
     jobs = []
     for w in worlds:
         for seed in cfg.seeds:
-            base_job = None
-            for method in methods + ([CEILING] if cfg.get("ceiling", True) else []):
+            made: dict[str, Job] = {}
+            for method in order:
                 world = w.ceiling(spec) if method == CEILING else w
-                augment = cfg.baseline if method == CEILING else method
-                args = merge_overrides(["experiment=compare", f"+augment={augment}", f"seed={int(seed)}",
-                                        "logger=csv"], method_overrides(cfg, method), world.overrides())
+                extra = [f"callbacks.model_checkpoint_keep.every_n_epochs={keep}"] if method == cfg.baseline and keep \
+                    else []
+                base_job = made.get(cfg.baseline)
+                if branches.get(method):
+                    extra = [f"ckpt_path={base_job.out / 'checkpoints' / f'keep_epoch_{branches[method] - 1:03d}.ckpt'}"]
+                args = merge_overrides(run_prefix(cfg.baseline if method == CEILING else method, int(seed)),
+                                       method_overrides(cfg, method), world.overrides(), extra)
                 if method == CEILING and not w.blind_spots(spec):
-                    jobs.append(Job(w.name, method, int(seed), base_job.args, base_job.out, alias=True))
+                    made[method] = Job(w.name, method, int(seed), base_job.args, base_job.out, alias=True)
                     continue
-                job = Job(w.name, method, int(seed), args, run_folder(out, w.name, method, int(seed), args))
-                base_job = job if method == cfg.baseline else base_job
-                jobs.append(job)
+                made[method] = Job(w.name, method, int(seed), args, run_folder(out, w.name, method, int(seed), args),
+                                   after=base_job if branches.get(method) else None,
+                                   branch_epoch=branches.get(method, 0))
+            jobs += [made[m] for m in methods + ([CEILING] if CEILING in made else [])]
     return jobs
 
 
@@ -210,20 +251,30 @@ def _run_claimed(job: Job, threads: int | None) -> dict:
 
 
 def run_all(jobs: list[Job], workers: int) -> tuple[dict[tuple[str, str, int], str], int]:
-    """Run the jobs `workers` at a time (slow methods first, aliases last); returns the errors and how many ran."""
+    """Run the jobs `workers` at a time (baselines first, then slow methods, aliases last); a job that starts from a
+    baseline run waits for it. Returns the errors and how many ran."""
     order = {m: i for i, m in enumerate(SLOW_FIRST)}
-    todo = sorted(jobs, key=lambda j: (j.alias, order.get(j.method, len(order))))
+    todo = sorted(jobs, key=lambda j: (j.alias, j.after is not None or j.method == CEILING,
+                                       order.get(j.method, len(order))))
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     errors: dict[tuple[str, str, int], str] = {}
     ran = [j for j in todo if not j.alias and current_report(j) is None]
+    finished = {id(j): threading.Event() for j in todo}
 
     def one(job: Job) -> None:
+        key = (job.world, job.method, job.seed)
         try:
+            if job.after is not None:
+                finished[id(job.after)].wait()  # queued earlier: already running or done
+                if (job.after.world, job.after.method, job.after.seed) in errors:
+                    raise RuntimeError(f"it starts from {job.after.out}, which failed")
             report = run_job(job, threads)
         except Exception as e:  # one broken run must not lose the others
-            errors[(job.world, job.method, job.seed)] = str(e)
+            errors[key] = str(e)
             print(f"[suite] {job.world} {job.method} seed {job.seed}: FAILED\n{e}", flush=True)
             return
+        finally:
+            finished[id(job)].set()
         test = report["metrics"]["test"]
         print(f"[suite] {job.world} {job.method} seed {job.seed}: avg {test.get('avg_acc', float('nan')):.1%}, "
               f"worst group {test.get('worst_group_acc', float('nan')):.1%}, "
@@ -234,6 +285,16 @@ def run_all(jobs: list[Job], workers: int) -> tuple[dict[tuple[str, str, int], s
     for job in (j for j in todo if j.alias):
         one(job)
     return errors, len(ran)
+
+
+def with_baselines(selected: list[Job]) -> list[Job]:
+    """The selected jobs plus the baseline runs they start from (a finished one is only read again)."""
+    chosen, added = {id(j) for j in selected}, []
+    for job in selected:
+        if job.after is not None and id(job.after) not in chosen:
+            chosen.add(id(job.after))
+            added.append(job.after)
+    return selected + added
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -585,12 +646,13 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [c for c in chosen if c not in known]
         if unknown:
             p.error(f"{kind}: unknown {unknown}; known: {known}")
-    selected = [j for j in jobs if j.world in chosen_worlds and j.method in chosen_methods]
+    selected = with_baselines([j for j in jobs if j.world in chosen_worlds and j.method in chosen_methods])
     if args.list:
         for w in worlds:
             print(f"{w.name}: {w.describe(spec)}\n    {' '.join(w.overrides())}")
         for j in selected:
-            print(f"  {j.world} {j.method} seed {j.seed}: {'= ERM run (no blind spot)' if j.alias else j.out}")
+            start = f" (from {cfg.baseline}'s epoch {j.branch_epoch})" if j.after is not None else ""
+            print(f"  {j.world} {j.method} seed {j.seed}: {'= ERM run (no blind spot)' if j.alias else j.out}{start}")
         print(f"{sum(not j.alias for j in selected)} runs, about "
               f"{estimate_minutes(selected, dict(cfg.minutes_per_run), args.workers):.0f} min with "
               f"--workers {args.workers}")

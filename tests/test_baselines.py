@@ -423,3 +423,34 @@ def test_retrieval_adds_nearest_pool_images_with_the_mode_label(compose_cfg, tmp
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     state = next(v for k, v in ckpt["callbacks"].items() if "FailureLoopCallback" in k)["remedy"]
     assert sorted(state["taken"]) == sorted(r["pool_index"] for r in records)
+
+
+def test_a_loop_run_started_from_the_erm_runs_checkpoint_ends_as_the_run_from_scratch(compose_cfg, tmp_path, tiny_clip):
+    """The suite's branch: a loop method is ERM until its first round, so starting it from ERM's checkpoint of the
+    epoch before (kept by model_checkpoint_keep) gives the same rounds, pool and weights as training from scratch."""
+    from train import run
+
+    shared = TINY_WORLD + ["trainer.max_epochs=3", "test=false", "data.val_per_group=6", "data.pool_per_class=20"]
+    retrieval = shared + ["+augment=retrieval", "remedy.images_per_round=8", "loop.progress=false",
+                          f"loop.cache_dir={tmp_path / 'emb'}"] + discovery_overrides(tiny_clip, tmp_path / "emb") \
+        + ["loop.start_epoch=2"]
+    run(compose_cfg(shared + ["+augment=none", "callbacks.model_checkpoint_keep.every_n_epochs=1"],
+                    output_dir=tmp_path / "erm"))
+    kept = tmp_path / "erm" / "checkpoints" / "keep_epoch_000.ckpt"
+    assert sorted(p.name for p in kept.parent.glob("keep_*")) == [f"keep_epoch_00{e}.ckpt" for e in range(3)]
+    run(compose_cfg(retrieval, output_dir=tmp_path / "fresh"))
+    run(compose_cfg(retrieval + [f"ckpt_path={kept}"], output_dir=tmp_path / "branched"))
+
+    def final(name):
+        ckpt = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
+        loop = next(v for k, v in ckpt["callbacks"].items() if "FailureLoopCallback" in k)
+        report = json.loads((tmp_path / name / "report" / "report.json").read_text())
+        return ckpt, loop, [t["epoch"] for t in report["timeline"]]
+
+    (a, loop_a, epochs_a), (b, loop_b, epochs_b) = final("fresh"), final("branched")
+    assert a["epoch"] == b["epoch"] == 2 and epochs_a == epochs_b == [0, 1, 2]  # the report keeps ERM's epoch
+    untimed = lambda loop: [{k: v for k, v in r.items() if k != "seconds"} for r in loop["rounds"]]  # noqa: E731
+    assert loop_a["rounds"][0]["epoch"] == 1 and untimed(loop_a) == untimed(loop_b)
+    assert sorted(loop_a["remedy"]["taken"]) == sorted(loop_b["remedy"]["taken"])
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,52 @@ def test_quick_discovery_capture_reproduces_the_runs_modes_and_scores_variants(t
                 if (c["class"], c["group"], c["support"]) in by_score]
     assert rescored and all(c["score"] == pytest.approx(s * (1 - c["coverage"])) for c, s in rescored)
     assert "## Training coverage of the handed modes" in (tmp_path / "discovery_worlds_quick.md").read_text()
+
+
+
+def suite_plan(overrides, out):
+    """The default suite config's jobs with these overrides."""
+    from benchmarks.suite import build_worlds, load_config, plan
+
+    cfg = load_config("default", overrides)
+    return plan(cfg, *build_worlds(cfg), out)
+
+
+def test_loop_methods_start_from_the_erm_runs_checkpoint_of_the_epoch_before_their_first_round(tmp_path):
+    from benchmarks.suite import with_baselines
+
+    jobs = suite_plan(["worlds.n_worlds=2"], tmp_path)
+    erm = {j.world: j for j in jobs if j.method == "none"}
+    assert all("callbacks.model_checkpoint_keep.every_n_epochs=4" in j.args for j in erm.values())
+    for job in jobs:
+        if job.method in ("failure_diffusion", "untargeted_diffusion", "retrieval"):  # start_epoch 5: ERM's epoch 4
+            assert job.after is erm[job.world] and job.branch_epoch == 4
+            assert f"ckpt_path={erm[job.world].out / 'checkpoints' / 'keep_epoch_003.ckpt'}" in job.args
+        else:
+            assert job.after is None and not any(a.startswith("ckpt_path=") for a in job.args), job.method
+    fd = [j for j in jobs if j.method == "failure_diffusion"]
+    assert with_baselines(fd) == fd + [erm[j.world] for j in fd]  # filtered to one method, ERM still comes
+    assert not any(j.after for j in suite_plan(["worlds.n_worlds=2", "branch=false"], tmp_path))
+    changed = suite_plan(["worlds.n_worlds=2", "+method_overrides.retrieval=['model.optimizer.lr=0.01']"], tmp_path)
+    assert {j.method for j in changed if j.after} == {"failure_diffusion", "untargeted_diffusion"}  # retrieval:
+    # another learning rate, so its epochs before the loop are not ERM's
+
+
+def test_a_run_waits_for_the_erm_run_it_starts_from_and_fails_with_it(tmp_path, monkeypatch):
+    from benchmarks import suite
+
+    jobs = suite_plan(["worlds.n_worlds=1"], tmp_path)
+    started = []
+
+    def fake_run(job, threads=None):
+        started.append(job.method)
+        if job.method == "none":
+            time.sleep(0.3)  # meanwhile the other worker must wait, not start a run that branches from it
+            raise RuntimeError("ERM broke")
+        return {"metrics": {"test": {}}}
+
+    monkeypatch.setattr(suite, "run_job", fake_run)
+    errors, _ = suite.run_all(jobs, workers=2)
+    assert started[0] == "none" and sorted(started) == ["ceiling", "none"]
+    assert {k[1] for k in errors} == {"none", "failure_diffusion", "untargeted_diffusion", "retrieval"}
+    assert "which failed" in errors[("default", "retrieval", 0)]

@@ -50,6 +50,21 @@ def test_resume_from_a_checkpoint_continues_the_same_run(compose_cfg, tmp_path):
         assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-5), k  # same as never stopping
 
 
+
+def test_a_resumed_run_continues_from_its_own_checkpoint_before_ckpt_path(compose_cfg, tmp_path, monkeypatch):
+    """A suite run that starts from ERM's checkpoint (ckpt_path) and is resumed continues its own last epoch."""
+    import lightning
+
+    started_from = []
+    monkeypatch.setattr(lightning.Trainer, "fit", lambda self, *a, ckpt_path=None, **k: started_from.append(ckpt_path))
+    run_dir, erm = tmp_path / "run", tmp_path / "erm" / "keep_epoch_003.ckpt"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    args = TINY_WORLD + ["test=false", f"resume={run_dir}", f"ckpt_path={erm}"]
+    run_train(compose_cfg(args, output_dir=run_dir))  # no checkpoint of its own yet: where it started
+    (run_dir / "checkpoints" / "last.ckpt").touch()
+    run_train(compose_cfg(args, output_dir=run_dir))
+    assert started_from == [str(erm), str(run_dir / "checkpoints" / "last.ckpt")]
+
 def _python(args, cwd=ROOT, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, env=env, capture_output=True, text=True,
