@@ -2,7 +2,7 @@
 
     python -m benchmarks.suite --workers 2         # every world x method (resumes: finished runs are kept)
     python -m benchmarks.suite --config core --workers 2   # ERM, failure_diffusion and the ceiling only
-    python -m benchmarks.suite --quick             # smoke run: one tiny world, 1 epoch, tiny budgets (CI)
+    python -m benchmarks.suite --quick             # smoke run: one tiny world, 2 epochs, tiny budgets (CI)
     python -m benchmarks.suite --list              # the worlds, their overrides, the runs and the time estimate
     python -m benchmarks.suite --worlds default,control --methods none,ceiling
     python -m benchmarks.suite worlds.seed=1 seeds=[0,1]   # Hydra overrides of conf/suite/<--config>.yaml
@@ -11,7 +11,9 @@ The worlds come from a seeded generator (blindspot.world.suite, settings in conf
 `python train.py experiment=compare +augment=<method> seed=<seed> logger=csv <world's data overrides>` in
 outputs/suite/<world>/<method>/seed<seed>-<hash of its overrides>/ (configs share runs with equal overrides:
 `--config core` runs the goals' subset, the default config then adds the rest); the `ceiling` run is ERM on the
-world with every blind spot filled by real renders at its natural rate. A run whose report has test metrics is
+world with every blind spot filled by real renders at its natural rate. A method whose failure loop first acts at
+the end of epoch E starts from the ERM run's checkpoint of epoch E - 1 (`branch: true`; until its first round the
+run is ERM, epoch for epoch), so those epochs are trained once per world. A run whose report has test metrics is
 not run again; an interrupted one continues from its last checkpoint; a run whose saved settings differ from
 what today's conf/ composes (a default changed) is moved aside to <folder>.stale-<time> and run afresh. The results are computed from every
 finished run of the configuration (filters only choose what runs now) and written to
