@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .common import QUICK_RUN, table_cell
+from .planted import blind_spots, default_world, slice_accuracy
 from .runs import claimed, reusable_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,28 +55,12 @@ def overrides_for(method: str, quick: bool) -> list[str]:
                                     if keys[o] == prefix or keys[o].startswith(prefix + "."))]
 
 
-def default_world():
-    """The world spec and the default world (conf/data/world.yaml's planted list) as the suite sees them."""
-    from blindspot.world.suite import Planted, SuiteWorld
-
-    from .suite import world_spec_and_default
-
-    spec, planted = world_spec_and_default()
-    return spec, SuiteWorld("default", 0, tuple(Planted(**dict(p)) for p in planted))
-
-
 def ceiling_overrides() -> list[str]:
     """ERM on the default world with every blind spot filled at its natural rate (as the suite's ceiling)."""
     from blindspot.world.suite import planted_override
 
     spec, world = default_world()
     return ["+augment=none", f"data.planted={planted_override(world.ceiling(spec).planted)}"]
-
-
-def blind_spots() -> list[dict]:
-    """The default world's planted slices (e.g. star|grass), with the test groups each covers."""
-    spec, world = default_world()
-    return world.slices(spec)
 
 
 def run_args(method: str, seed: int, quick: bool) -> list[str]:
@@ -149,8 +134,6 @@ def images_added(report: dict) -> int:
 
 def summarise(runs: dict[str, list[dict]], seeds: list[int]) -> dict:
     """Mean and standard deviation over seeds per method, and each blind spot's accuracy per seed."""
-    from .suite import slice_accuracy
-
     out, spots = {}, blind_spots()
     for method, reports in runs.items():
         avg = [r["metrics"]["test"]["avg_acc"] for r in reports]

@@ -44,6 +44,7 @@ from blindspot.world.spec import WorldSpec
 
 from .common import table_cell
 from .compare import SLOW_FIRST, git_commit, images_added, overrides_for
+from .planted import slice_accuracy, slice_mean, world_spec_and_default
 from .runs import claimed, compose_train, finished_report, is_current, reusable_report, settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,14 +83,6 @@ def load_config(name: str, overrides: list[str] = ()) -> DictConfig:
             return compose(config_name=name, overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
-
-
-def world_spec_and_default() -> tuple[WorldSpec, list[dict]]:
-    """The world's classes/attributes and its default planted list, from conf/data/world.yaml."""
-    data = OmegaConf.load(ROOT / "conf" / "data" / "world.yaml")
-    spec = WorldSpec(tuple(data.classes), tuple(data.backgrounds), tuple(data.colors), tuple(data.sizes),
-                     int(data.image_size))
-    return spec, OmegaConf.to_container(data.planted)
 
 
 def build_worlds(cfg: DictConfig) -> tuple[WorldSpec, list[SuiteWorld]]:
@@ -300,20 +293,6 @@ def with_baselines(selected: list[Job]) -> list[Job]:
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-
-def slice_accuracy(report: dict, slice_: dict) -> float | None:
-    """Test accuracy of a planted slice: the mean over its groups (the test split is balanced over groups)."""
-    return slice_mean(report.get("metrics", {}).get("test", {}).get("per_group", {}) or {}, slice_)
-
-
-def slice_mean(per_group: dict, slice_: dict) -> float | None:
-    """A slice's accuracy from per-group accuracies: the mean over its groups, or its own group's entry."""
-    groups = slice_.get("groups") or [slice_["group"]]
-    accs = [per_group.get(g) for g in groups]
-    if any(a is None for a in accs):
-        return per_group.get(slice_["group"])
-    return statistics.mean(accs) if accs else None
-
 
 def slice_status(erm: float | None, thresholds: dict) -> str | None:
     """Whether ERM fails the slice: failed (< fails_below), not failed (>= not_failed_at), or partly."""
