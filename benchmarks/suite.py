@@ -45,7 +45,7 @@ from blindspot.world.spec import WorldSpec
 from .common import table_cell
 from .compare import SLOW_FIRST, git_commit, images_added, overrides_for
 from .planted import slice_accuracy, slice_mean, world_spec_and_default
-from .runs import claimed, compose_train, finished_report, is_current, reusable_report, settings
+from .runs import claimed, composed_config, finished_report, is_current, reusable_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CEILING = "ceiling"  # the pseudo-method: the baseline on the world's ceiling
@@ -123,7 +123,7 @@ def run_folder(out: Path, world: str, method: str, seed: int, args: list[str]) -
     return out / world / method / f"seed{seed}-{digest}"
 
 
-def run_prefix(method: str, seed: int) -> list[str]:
+def run_prefix(method: str, seed: int | str) -> list[str]:
     """The overrides every run of a method starts with (then common, the method's own, the world's)."""
     return ["experiment=compare", f"+augment={method}", f"seed={seed}", "logger=csv"]
 
@@ -137,16 +137,20 @@ def branch_epoch(cfg: DictConfig, method: str) -> int:
     """
     if not cfg.get("branch", False) or method in (cfg.baseline, CEILING):
         return 0
-    own = compose_train(run_prefix(method, 0) + method_overrides(cfg, method))
-    if own.get("loop") is None or int(own.loop.start_epoch) < 2:
+    own = _resolved(run_prefix(method, 0) + method_overrides(cfg, method))
+    if own.get("loop") is None or int(own["loop"]["start_epoch"]) < 2:
         return 0
-    base = compose_train(run_prefix(cfg.baseline, 0) + method_overrides(cfg, cfg.baseline))
-    return int(own.loop.start_epoch) - 1 if _before_the_loop(base) == _before_the_loop(own) else 0
+    base = _resolved(run_prefix(cfg.baseline, 0) + method_overrides(cfg, cfg.baseline))
+    return int(own["loop"]["start_epoch"]) - 1 if _before_the_loop(base) == _before_the_loop(own) else 0
 
 
-def _before_the_loop(cfg: DictConfig) -> dict:
+def _resolved(args: list[str]) -> dict:
+    """The train config these overrides compose to, resolved (composed once per override list: cached)."""
+    return yaml.safe_load(composed_config(tuple(args)))
+
+
+def _before_the_loop(resolved: dict) -> dict:
     """What decides a run's epochs before its failure loop acts: seed, model, trainer, data (less loop-only keys)."""
-    resolved = yaml.safe_load(settings(cfg))
     data = {k: v for k, v in resolved["data"].items() if k not in LOOP_ONLY_DATA}
     return {"seed": resolved["seed"], "model": resolved["model"], "trainer": resolved["trainer"], "data": data}
 
@@ -170,11 +174,13 @@ def plan(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld], out: Path) 
             made: dict[str, Job] = {}
             for method in order:
                 world = w.ceiling(spec) if method == CEILING else w
-                extra = [f"callbacks.model_checkpoint_keep.every_n_epochs={keep}"] if method == cfg.baseline and keep \
-                    else []
                 base_job = made.get(cfg.baseline)
-                if branches.get(method):
+                if branches.get(method):  # start from the baseline's checkpoint of that epoch (0-based in its name)
                     extra = [f"ckpt_path={base_job.out / 'checkpoints' / f'keep_epoch_{branches[method] - 1:03d}.ckpt'}"]
+                elif method == cfg.baseline and keep:
+                    extra = [f"callbacks.model_checkpoint_keep.every_n_epochs={keep}"]
+                else:
+                    extra = []
                 args = merge_overrides(run_prefix(cfg.baseline if method == CEILING else method, int(seed)),
                                        method_overrides(cfg, method), world.overrides(), extra)
                 if method == CEILING and not w.blind_spots(spec):
@@ -656,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"{j.world}/{j.method}/seed{j.seed}" for j, r in zip(jobs, finished) if not j.alias and r is None]
     result = {"config": name,
               "settings": {"methods": list(cfg.methods), "baseline": cfg.baseline, "seeds": list(cfg.seeds),
-                           "run_prefix": ["experiment=compare", "+augment=<method>", "seed=<seed>", "logger=csv"],
+                           "run_prefix": run_prefix("<method>", "<seed>"),
                            "common_overrides": list(cfg.common_overrides), "overrides": list(args.overrides),
                            "generator": OmegaConf.to_container(cfg.worlds)},
               "estimate_minutes_workers2": estimate_minutes(jobs, dict(cfg.minutes_per_run), 2),
