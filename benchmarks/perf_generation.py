@@ -1,5 +1,6 @@
 """Generation throughput: Blindspot's backend vs the raw diffusers pipeline it wraps, and the fast path
-(few-step DPM-Solver++) vs the pipeline's defaults, with the oracle checking that quality holds.
+(few-step DPM-Solver++) vs the pipeline's defaults, and the config's dtype vs float32, with the oracle checking
+that quality holds.
 
     python -m benchmarks.perf_generation            # world model + a tiny SD-architecture pipeline
     python -m benchmarks.perf_generation --quick    # CI smoke run
@@ -73,6 +74,21 @@ def fast_vs_default(model: str, oracle, spec: WorldSpec, device: str, per_pair: 
             "default": f"{default_steps} steps (StableDiffusionPipeline default: 50), same sampler, batch 64"}
 
 
+def dtype_vs_float32(model: str, oracle, spec: WorldSpec, device: str, per_pair: int, n_time: int, steps: int,
+                     guidance: float, dtype: str) -> dict:
+    """The config's dtype (auto: bfloat16 where the hardware has it) against float32: speed and oracle agreement."""
+    settings = dict(device=device, num_inference_steps=steps, guidance_scale=guidance, height=32, width=32,
+                    batch_size=64, progress=False)
+    chosen, fp32 = DiffusersText2Image(model, dtype=dtype, **settings), DiffusersText2Image(model, **settings)
+    prompts = [caption("star", "grass")] * n_time
+    t = interleaved({"chosen": lambda: chosen.generate(prompts, list(range(n_time))),
+                     "float32": lambda: fp32.generate(prompts, list(range(n_time)))}, repeats=2)
+    a_chosen, a_fp32 = agreement(chosen, oracle, spec, per_pair), agreement(fp32, oracle, spec, per_pair)
+    return {"config_dtype": dtype, "resolved": str(chosen.dtype), "seconds_chosen": t["chosen"],
+            "seconds_float32": t["float32"], "speedup_vs_float32": t["float32"] / t["chosen"],
+            "oracle_agreement_chosen": a_chosen, "oracle_agreement_float32": a_fp32}
+
+
 def tiny_sd(folder: Path) -> str:
     """A Stable-Diffusion-architecture pipeline with random weights, built from configs (no download)."""
     import importlib.util
@@ -106,11 +122,14 @@ def main() -> None:
     oracle = load_or_train_oracle(ROOT / ".cache" / "oracle", spec, steps=1500)
     result["fast_path"] = fast_vs_default(world, oracle, spec, args.device, per_pair=1 if args.quick else args.per_pair,
                                           n_time=n, guidance=guidance, fast_steps=steps[0], default_steps=steps[1])
+    result["dtype"] = dtype_vs_float32(world, oracle, spec, args.device, per_pair=1 if args.quick else args.per_pair,
+                                       n_time=n, steps=steps[0], guidance=guidance,
+                                       dtype=world_generator_settings().dtype)
     result["ratio_vs_raw"] = min(result["world"]["ratio_vs_raw"], result["tiny_sd"]["ratio_vs_raw"])
     result["speedup_fast_vs_default"] = result["fast_path"]["speedup_fast_vs_default"]
     result["agreement_drop"] = result["fast_path"]["agreement_drop"]
     result["images_per_s"] = result["world"]["images_per_s"]
-    f = result["fast_path"]
+    f, d = result["fast_path"], result["dtype"]
     write("perf_generation", result, [
         ["measure", "value", "target"],
         ["world: Blindspot / raw diffusers images/s", f"{result['world']['ratio_vs_raw']:.3f}", ">= 0.97"],
@@ -119,6 +138,10 @@ def main() -> None:
         ["fast path speed-up vs defaults", f"{f['speedup_fast_vs_default']:.2f}x", ">= 1.5x"],
         ["oracle agreement default / fast", f"{f['oracle_agreement_default']:.1%} / {f['oracle_agreement_fast']:.1%}",
          "drop <= 2 pts"],
+        [f"generator.dtype={d['config_dtype']} ({d['resolved']}) speed-up vs float32", f"{d['speedup_vs_float32']:.2f}x",
+         "-"],
+        ["oracle agreement float32 / " + d["resolved"],
+         f"{d['oracle_agreement_float32']:.1%} / {d['oracle_agreement_chosen']:.1%}", "drop <= 2 pts"],
     ], args.quick)
 
 

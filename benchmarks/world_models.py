@@ -128,6 +128,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated images (settings were chosen on 1)")
     p.add_argument("--steps", type=int, help="sampler steps (default: conf/generator/world.yaml)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default: the generator config)")
+    p.add_argument("--dtype", help="auto | float32 | bfloat16 (default: the generator config)")
     p.add_argument("--scheduler", help="sampler name, e.g. dpmsolver++ (default: the pipeline's own)")
     p.add_argument("--per-pair", type=int, default=32, help="generated images per (class, background) pair")
     p.add_argument("--tag", default="", help="write world_models_<tag>.* instead (for sampler comparisons)")
@@ -147,11 +148,11 @@ def main() -> None:
     result["oracle_clean_accuracy"] = oracle_accuracy(oracle, spec, n=500 if args.quick else 3000)
     defaults = world_generator_settings()  # the settings a run uses
     backend = DiffusersText2Image(str(weights / "world_diffusion"), device=args.device, height=spec.image_size,
-                                  width=spec.image_size, progress=False,
+                                  width=spec.image_size, progress=False, dtype=args.dtype or defaults.dtype,
                                   guidance_scale=defaults.guidance_scale if args.guidance is None else args.guidance,
                                   scheduler=args.scheduler or defaults.scheduler,
                                   num_inference_steps=2 if args.quick else args.steps or defaults.num_inference_steps)
-    result["sampler"] = {"steps": backend.steps, "guidance": backend.guidance,
+    result["sampler"] = {"steps": backend.steps, "guidance": backend.guidance, "dtype": str(backend.dtype),
                          "scheduler": type(backend.pipe.scheduler).__name__,
                          "algorithm": getattr(backend.pipe.scheduler.config, "algorithm_type", None)}
     result.update(generation_quality(backend, oracle, spec, per_pair=2 if args.quick else args.per_pair, seed=args.seed))
@@ -185,7 +186,7 @@ def markdown(result: dict) -> str:
                 f"{result['gen_class_min_pair']} (95% interval {low:.0%}–{high:.0%}); worst background pair: "
                 f"{result['gen_background_min_pair']}; class agreement mean {result['gen_class_agreement_mean']:.1%}, "
                 f"background mean {result['gen_background_agreement_mean']:.1%}; sampler {sampler.get('algorithm')}, "
-                f"{sampler.get('steps')} steps, guidance {sampler.get('guidance')}; machine: "
+                f"{sampler.get('steps')} steps, guidance {sampler.get('guidance')}, {sampler.get('dtype', 'torch.float32')}; machine: "
                 f"{result['machine']['processor']}, {result['machine']['torch_threads']} threads")
     notes = []
     for name in ("clip", "diffusion"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from blindspot.clip import WeightsNotFoundError, load_clip
-from blindspot.generation.backends import DiffusersText2Image
+from blindspot.generation.backends import DiffusersText2Image, resolve_dtype
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,21 @@ def test_channels_last_changes_the_memory_layout_not_the_logits():
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     assert fast.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast(images), plain(images), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("capabilities, expected", [({"avx512_bf16": True}, torch.bfloat16),
+                                                    ({"amx_bf16": True}, torch.bfloat16),
+                                                    ({"avx512_bf16": False}, torch.float32)])
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert resolve_dtype("auto", "cpu") == expected
+    assert DiffusersText2Image("unused", dtype="auto").dtype == expected
+
+
+def test_bfloat16_without_hardware_support_warns_and_a_bad_dtype_names_the_key(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+    with caplog.at_level("WARNING"):
+        assert resolve_dtype("bf16", "cpu", "editor.dtype") == torch.bfloat16
+    assert "editor.dtype=auto or float32" in caplog.text
+    with pytest.raises(ValueError, match="generator.dtype='half'"):
+        DiffusersText2Image("unused", dtype="half")

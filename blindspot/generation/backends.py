@@ -19,6 +19,26 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+def native_bfloat16(device: str) -> bool:
+    """Whether the device computes bfloat16 in hardware: CUDA with bf16, or a CPU with AVX512-BF16 or AMX-BF16."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def resolve_dtype(dtype: str, device: str, config_key: str = "generator.dtype") -> torch.dtype:
+    """The torch dtype a config names; "auto": bfloat16 where the device computes it natively, else float32."""
+    if dtype == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"{config_key}={dtype!r}: choose auto or one of {sorted(DTYPES)}")
+    if DTYPES[dtype] == torch.bfloat16 and not native_bfloat16(device):
+        log.warning("%s=%s on %s, which has no native bfloat16: expect it to be far slower than float32 "
+                    "(set %s=auto or float32)", config_key, dtype, device, config_key)
+    return DTYPES[dtype]
+
+
 @dataclass
 class GenerationOutput:
     """Generated images as float [n, 3, h, w] in [0, 1] (NaN kept: filters count them), with their inputs."""
@@ -90,13 +110,11 @@ class _DiffusersBackend:
                  batch_size: int = 64, scheduler: str | None = None, negative_prompt: str | None = None,
                  config_key: str = "generator.model", progress: bool = True):
         prefix = config_key.rsplit(".", 1)[0]
-        if dtype not in DTYPES:
-            raise ValueError(f"{prefix}.dtype={dtype!r}: choose one of {sorted(DTYPES)}")
         if num_inference_steps < 1 or batch_size < 1:
             raise ValueError(f"{prefix}.num_inference_steps and {prefix}.batch_size must be >= 1")
         if (height is None) != (width is None) or any(s is not None and s < 1 for s in (height, width)):
             raise ValueError(f"{prefix}.height={height} and {prefix}.width={width}: give both (>= 1) or neither")
-        self.model, self.device, self.dtype = model, device, DTYPES[dtype]
+        self.model, self.device, self.dtype = model, device, resolve_dtype(dtype, device, f"{prefix}.dtype")
         self.steps, self.guidance, self.height, self.width = num_inference_steps, guidance_scale, height, width
         self.batch_size, self.scheduler_name, self.negative_prompt = batch_size, scheduler, negative_prompt
         self.config_key, self.config_prefix, self.progress = config_key, prefix, progress
