@@ -114,9 +114,11 @@ def test_channels_last_changes_the_memory_layout_not_the_logits():
 @pytest.mark.parametrize("capabilities, expected", [({"avx512_bf16": True}, torch.bfloat16),
                                                     ({"amx_bf16": True}, torch.bfloat16),
                                                     ({"avx512_bf16": False}, torch.float32)])
-def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, capabilities, expected):
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, caplog, capabilities, expected):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
-    assert resolve_dtype("auto", "cpu") == expected
+    with caplog.at_level("INFO"):
+        assert resolve_dtype("auto", "cpu") == expected
+    assert f"generator.dtype=auto: {str(expected).removeprefix('torch.')} on cpu" in caplog.text  # the run log says which
     assert DiffusersText2Image("unused", dtype="auto").dtype == expected
 
 

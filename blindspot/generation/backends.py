@@ -30,7 +30,10 @@ def native_bfloat16(device: str) -> bool:
 def resolve_dtype(dtype: str, device: str, config_key: str = "generator.dtype") -> torch.dtype:
     """The torch dtype a config names; "auto": bfloat16 where the device computes it natively, else float32."""
     if dtype == "auto":
-        return torch.bfloat16 if native_bfloat16(device) else torch.float32
+        native = native_bfloat16(device)
+        log.info("%s=auto: %s on %s (%s)", config_key, "bfloat16" if native else "float32", device,
+                 "it computes bfloat16 natively" if native else "no native bfloat16")
+        return torch.bfloat16 if native else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"{config_key}={dtype!r}: choose auto or one of {sorted(DTYPES)}")
     if DTYPES[dtype] == torch.bfloat16 and not native_bfloat16(device):
