@@ -56,20 +56,31 @@ def agreement(backend: DiffusersText2Image, oracle, spec: WorldSpec, per_pair: i
     return float(((pred["class"] == t[:, 0]) & (pred["background"] == t[:, 1])).float().mean())
 
 
+def side_by_side(backends: dict[str, DiffusersText2Image], oracle, spec: WorldSpec, per_pair: int,
+                 n_time: int) -> dict[str, tuple[float, float]]:
+    """(seconds for n_time images, measured interleaved; oracle agreement) of each backend, by name."""
+    prompts = [caption("star", "grass")] * n_time
+    t = interleaved({name: (lambda b=b: b.generate(prompts, list(range(n_time)))) for name, b in backends.items()},
+                    repeats=2)
+    return {name: (t[name], agreement(b, oracle, spec, per_pair)) for name, b in backends.items()}
+
+
+def world_backend(model: str, device: str, guidance: float, steps: int, dtype: str = "float32") -> DiffusersText2Image:
+    """The world model at 32 px, batch 64, with these sampler settings."""
+    return DiffusersText2Image(model, device=device, dtype=dtype, num_inference_steps=steps, guidance_scale=guidance,
+                               height=32, width=32, batch_size=64, progress=False)
+
+
 def fast_vs_default(model: str, oracle, spec: WorldSpec, device: str, per_pair: int, n_time: int, guidance: float,
                     fast_steps: int = 20, default_steps: int = 50) -> dict:
     """The shipped fast path (20 sampler steps) against the pipeline's own default step count (50), same sampler."""
-    fast = DiffusersText2Image(model, device=device, num_inference_steps=fast_steps, guidance_scale=guidance,
-                               height=32, width=32, batch_size=64, progress=False)
-    default = DiffusersText2Image(model, device=device, num_inference_steps=default_steps, guidance_scale=guidance,
-                                  height=32, width=32, batch_size=64, progress=False)
+    fast = world_backend(model, device, guidance, fast_steps)
     sampler = getattr(fast.pipe.scheduler.config, "algorithm_type", None) or type(fast.pipe.scheduler).__name__
-    prompts = [caption("star", "grass")] * n_time
-    t = interleaved({"fast": lambda: fast.generate(prompts, list(range(n_time))),
-                     "default": lambda: default.generate(prompts, list(range(n_time)))}, repeats=2)
-    a_fast, a_default = agreement(fast, oracle, spec, per_pair), agreement(default, oracle, spec, per_pair)
-    return {"seconds_fast": t["fast"], "seconds_default": t["default"], "speedup_fast_vs_default":
-            t["default"] / t["fast"], "oracle_agreement_fast": a_fast, "oracle_agreement_default": a_default,
+    m = side_by_side({"fast": fast, "default": world_backend(model, device, guidance, default_steps)}, oracle, spec,
+                     per_pair, n_time)
+    (t_fast, a_fast), (t_default, a_default) = m["fast"], m["default"]
+    return {"seconds_fast": t_fast, "seconds_default": t_default, "speedup_fast_vs_default": t_default / t_fast,
+            "oracle_agreement_fast": a_fast, "oracle_agreement_default": a_default,
             "agreement_drop": a_default - a_fast, "guidance": guidance, "fast": f"{fast_steps} steps {sampler}, batch 64",
             "default": f"{default_steps} steps (StableDiffusionPipeline default: 50), same sampler, batch 64"}
 
@@ -77,15 +88,12 @@ def fast_vs_default(model: str, oracle, spec: WorldSpec, device: str, per_pair: 
 def dtype_vs_float32(model: str, oracle, spec: WorldSpec, device: str, per_pair: int, n_time: int, steps: int,
                      guidance: float, dtype: str) -> dict:
     """The config's dtype (auto: bfloat16 where the hardware has it) against float32: speed and oracle agreement."""
-    settings = dict(device=device, num_inference_steps=steps, guidance_scale=guidance, height=32, width=32,
-                    batch_size=64, progress=False)
-    chosen, fp32 = DiffusersText2Image(model, dtype=dtype, **settings), DiffusersText2Image(model, **settings)
-    prompts = [caption("star", "grass")] * n_time
-    t = interleaved({"chosen": lambda: chosen.generate(prompts, list(range(n_time))),
-                     "float32": lambda: fp32.generate(prompts, list(range(n_time)))}, repeats=2)
-    a_chosen, a_fp32 = agreement(chosen, oracle, spec, per_pair), agreement(fp32, oracle, spec, per_pair)
-    return {"config_dtype": dtype, "resolved": str(chosen.dtype), "seconds_chosen": t["chosen"],
-            "seconds_float32": t["float32"], "speedup_vs_float32": t["float32"] / t["chosen"],
+    chosen = world_backend(model, device, guidance, steps, dtype)
+    m = side_by_side({"chosen": chosen, "float32": world_backend(model, device, guidance, steps)}, oracle, spec,
+                     per_pair, n_time)
+    (t_chosen, a_chosen), (t_fp32, a_fp32) = m["chosen"], m["float32"]
+    return {"config_dtype": dtype, "resolved": str(chosen.dtype), "seconds_chosen": t_chosen,
+            "seconds_float32": t_fp32, "speedup_vs_float32": t_fp32 / t_chosen,
             "oracle_agreement_chosen": a_chosen, "oracle_agreement_float32": a_fp32}
 
 
@@ -114,7 +122,8 @@ def main() -> None:
     n = 4 if args.quick else args.images
     steps = (2, 5) if args.quick else (20, 50)  # quick: a plumbing check, not the numbers
     result = {"machine": machine(args.threads), "quick": args.quick}
-    guidance = world_generator_settings().guidance_scale  # what a run uses
+    world_settings = world_generator_settings()  # what a run uses
+    guidance = world_settings.guidance_scale
     result["world"] = wrapper_ratio(world, n, steps[0], guidance, 32, args.device, repeats=1 if args.quick else 3)
     with tempfile.TemporaryDirectory() as tmp:
         result["tiny_sd"] = wrapper_ratio(tiny_sd(Path(tmp)), n, 2 if args.quick else 10, 7.5, 64, args.device,
@@ -124,7 +133,7 @@ def main() -> None:
                                           n_time=n, guidance=guidance, fast_steps=steps[0], default_steps=steps[1])
     result["dtype"] = dtype_vs_float32(world, oracle, spec, args.device, per_pair=1 if args.quick else args.per_pair,
                                        n_time=n, steps=steps[0], guidance=guidance,
-                                       dtype=world_generator_settings().dtype)
+                                       dtype=world_settings.dtype)
     result["ratio_vs_raw"] = min(result["world"]["ratio_vs_raw"], result["tiny_sd"]["ratio_vs_raw"])
     result["speedup_fast_vs_default"] = result["fast_path"]["speedup_fast_vs_default"]
     result["agreement_drop"] = result["fast_path"]["agreement_drop"]
