@@ -1,9 +1,10 @@
 """Resumable benchmark runs: a finished run is reused only while its settings are still what it would run now.
 
 A run folder keeps Hydra's `.hydra/config.yaml`. Before a sweep reuses a finished (or half-finished) run, the
-same overrides are composed again from today's `conf/`; if a default changed since, the old folder is moved
-aside (kept, never deleted) and the run starts afresh, so a table never mixes old and new settings. While a run
-runs, its folder is locked (`claimed`): two sweeps started on the same folders do not write into one run.
+same overrides are composed again from today's `conf/`; if a default the run uses changed since (a generator
+default does not touch ERM runs), the old folder is moved aside (kept, never deleted) and the run starts afresh, so
+a table never mixes old and new settings. While a run runs, its folder is locked (`claimed`): two sweeps started
+on the same folders do not write into one run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = ("resume",)  # how a run was started (a resume of its own folder), not what it trains
+# config groups train.py never reads itself: a run uses one only if another part of its config interpolates it
+# (`${generator}` in a generating remedy), so ERM does not go stale when the generator's defaults change
+REFERENCED_ONLY = ("vocabulary", "proposer", "clip", "generator", "editor")
 _HYDRA = threading.Lock()  # Hydra's compose API is one global state: sweeps compose from several threads
 
 
@@ -49,12 +54,24 @@ def composed_config(args: tuple[str, ...]) -> str:
     return settings(compose_train(args))
 
 
+def used_keys(cfg) -> list[str]:
+    """The top-level keys a run uses: all but RUN_KEYS and the REFERENCED_ONLY groups nothing it uses interpolates."""
+    keys = [k for k in cfg if k not in RUN_KEYS]
+    used = [k for k in keys if k not in REFERENCED_ONLY]
+    new = used
+    while new:  # groups can interpolate groups (a remedy's prompts interpolate the vocabulary)
+        text = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, new))  # as written: interpolations still there
+        new = [k for k in keys if k not in used and re.search(r"\$\{" + re.escape(k) + r"\b", text)]
+        used += new
+    return [k for k in keys if k in used]
+
+
 def settings(cfg) -> str:
-    """A run config as resolved YAML (`${seed}` -> 0) without the keys that say how it was started (RUN_KEYS).
+    """A run config as resolved YAML (`${seed}` -> 0), only the keys it uses (`used_keys`).
 
     `${hydra:...}` values (the run's own folder) stay as placeholders: they exist only inside a Hydra run.
     """
-    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in RUN_KEYS])
+    cfg = OmegaConf.masked_copy(cfg, used_keys(cfg))
     OmegaConf.register_new_resolver("hydra", lambda path: f"<hydra:{path}>", replace=True)
     try:
         return OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))

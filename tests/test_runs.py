@@ -3,14 +3,14 @@
 import pytest
 from omegaconf import OmegaConf
 
-from benchmarks.runs import RunInUseError, claimed, composed_config, is_current, retire
+from benchmarks.runs import RunInUseError, claimed, compose_train, composed_config, is_current, retire
 
 ARGS = ["experiment=compare", "+augment=none", "seed=0", "logger=csv", "trainer.max_epochs=3"]
 
 
 def _saved_run(tmp_path, args, edit=None):
-    """A run folder holding the config Hydra would have saved for `args` (optionally edited)."""
-    cfg = OmegaConf.create(composed_config(tuple(args)))
+    """A run folder holding the config Hydra would have saved for `args` (optionally edited): as written, unresolved."""
+    cfg = compose_train(args)
     if edit:
         edit(cfg)
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
@@ -32,6 +32,15 @@ def test_a_changed_default_makes_the_run_stale(tmp_path):
     out = _saved_run(tmp_path, ARGS, edit=lambda c: OmegaConf.update(c, "data.synthetic_repeat", 7))
     assert not is_current(out, ARGS)
     assert not is_current(_saved_run(tmp_path / "b", ARGS), ARGS[:-1] + ["trainer.max_epochs=4"])
+
+
+def test_a_group_the_run_does_not_use_cannot_make_it_stale(tmp_path):
+    """ERM has the generator in its config but never loads it; a generating method does."""
+    generator_changed = lambda c: OmegaConf.update(c, "generator.num_inference_steps", 99)  # noqa: E731
+    erm = _saved_run(tmp_path / "erm", ARGS, edit=generator_changed)
+    assert is_current(erm, ARGS)
+    generating = [a.replace("+augment=none", "+augment=failure_diffusion") for a in ARGS]
+    assert not is_current(_saved_run(tmp_path / "fd", generating, edit=generator_changed), generating)
 
 
 def test_a_folder_without_a_saved_config_is_not_judged(tmp_path):
