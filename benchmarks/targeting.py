@@ -38,15 +38,21 @@ REAL_PER_SLICE = 200  # fresh real renders per planted slice for the classifier'
 GLOBAL = {"class": CLASSES, "background": BACKGROUNDS, "color": COLORS, "size": SIZES}
 
 
-def slice_renders(spec: WorldSpec, cls: str, head: str, value: str, n: int = REAL_PER_SLICE,
-                  seed: int = 0) -> torch.Tensor:
-    """`n` real renders of the slice (class, head = value), every other attribute drawn uniformly."""
+def slice_draws(spec: WorldSpec, cls: str, head: str, value: str, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Global indices (class and every attribute) of `n` images of the slice, the other attributes drawn uniformly."""
     g = torch.Generator().manual_seed(seed)
     codes = {}
     for name, values in (("class", spec.classes), *spec.attributes.items()):
         fixed = {"class": cls, head: value}.get(name)
         pick = torch.full((n,), values.index(fixed)) if fixed else torch.randint(len(values), (n,), generator=g)
         codes[name] = torch.tensor([GLOBAL[name].index(values[i]) for i in pick.tolist()])
+    return codes
+
+
+def slice_renders(spec: WorldSpec, cls: str, head: str, value: str, n: int = REAL_PER_SLICE,
+                  seed: int = 0) -> torch.Tensor:
+    """`n` real renders of the slice (class, head = value), every other attribute drawn uniformly."""
+    codes = slice_draws(spec, cls, head, value, n, seed)
     return render(codes["class"], codes["background"], codes["color"], codes["size"], seed, spec.image_size)
 
 

@@ -289,3 +289,24 @@ def test_world_model_budget_is_judged_on_the_run_that_made_the_shipped_weights(t
     assert "| train_minutes_clip | 76.78 | ≤ 30 | no |" in text
     assert "| train_minutes_clip_rerun | 12.00 | – | – |" in text
     assert "a re-run of the same command on 2026-12-01 took 12.00 min (information only" in text
+
+
+def test_realism_reads_the_ceiling_run_and_draws_the_slice_as_the_renders_do(tmp_path):
+    """The realism benchmark takes a world's finished ceiling run (never a retired one) and prompts the very
+    attribute draws its real renders show."""
+    from benchmarks.realism import ceiling_checkpoint
+    from benchmarks.targeting import slice_draws, slice_renders
+    from blindspot.world.render import render
+    from blindspot.world.spec import WorldSpec
+
+    with pytest.raises(FileNotFoundError, match="benchmarks.suite --config core"):
+        ceiling_checkpoint(tmp_path, "w08", 0)
+    for name in ("seed0-aaa.stale-20261206-000000", "seed0-bbb"):
+        (tmp_path / "w08" / "ceiling" / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / "w08" / "ceiling" / name / "checkpoints" / "best_epoch_007.ckpt").touch()
+    assert ceiling_checkpoint(tmp_path, "w08", 0).parts[-3] == "seed0-bbb"
+
+    codes = slice_draws(WorldSpec(), "cross", "size", "small", n=16, seed=3)
+    assert (codes["size"] == 0).all() and len(set(codes["background"].tolist())) > 2
+    again = render(codes["class"], codes["background"], codes["color"], codes["size"], 3)
+    assert torch.equal(again, slice_renders(WorldSpec(), "cross", "size", "small", n=16, seed=3))
