@@ -51,14 +51,23 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def checkpoint_predictions(ckpt: Path, images: torch.Tensor) -> torch.Tensor:
-    """Predicted classes of uint8 images by a run's saved classifier (the validation step's forward)."""
+def checkpoint_classifier(ckpt: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A run's saved classifier, loaded once, as uint8 images -> predicted classes (the validation step's forward)."""
     from lightning_modules.classifier import ImageClassifier
 
     model = ImageClassifier.load_from_checkpoint(str(ckpt), map_location="cpu", optimizer=None, weights_only=False)
     model.eval()
-    with torch.no_grad():
-        return torch.cat([model(images[i : i + 256]).argmax(-1) for i in range(0, len(images), 256)])
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model(images[i : i + 256]).argmax(-1) for i in range(0, len(images), 256)])
+
+    return predict
+
+
+def checkpoint_predictions(ckpt: Path, images: torch.Tensor) -> torch.Tensor:
+    """Predicted classes of uint8 images by a run's saved classifier (loaded for this one call)."""
+    return checkpoint_classifier(ckpt)(images)
 
 
 def table_cell(text: str) -> str:

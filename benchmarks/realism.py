@@ -23,7 +23,7 @@ from blindspot.generation.backends import DiffusersText2Image
 from blindspot.world.oracle import load_oracle
 from blindspot.world.spec import BACKGROUNDS, CLASSES, COLORS, SIZES, WorldSpec, caption
 
-from .common import RESULTS, ROOT, checkpoint_predictions, machine, table_cell, world_generator_settings, write
+from .common import RESULTS, ROOT, checkpoint_classifier, machine, table_cell, world_generator_settings, write
 from .targeting import slice_draws, slice_renders
 
 
@@ -37,24 +37,24 @@ def ceiling_checkpoint(runs: Path, world: str, seed: int) -> Path:
     return found[-1]
 
 
-def readings(images: torch.Tensor, ckpt: Path, oracle, codes: dict, head: str) -> dict[str, float]:
-    """Ceiling classifier accuracy and oracle class + attribute agreement on uint8 images."""
+def readings(images: torch.Tensor, predict, oracle, codes: dict, head: str) -> dict[str, float]:
+    """Ceiling classifier (`predict`: uint8 images -> classes) accuracy and oracle class + attribute agreement."""
     seen = oracle.predict(images)
-    return {"ceiling_acc": float((checkpoint_predictions(ckpt, images) == codes["class"]).float().mean()),
+    return {"ceiling_acc": float((predict(images) == codes["class"]).float().mean()),
             "oracle_fidelity": float(((seen["class"] == codes["class"]) & (seen[head] == codes[head])).float().mean())}
 
 
-def measure_slice(backends: dict[float, DiffusersText2Image], ckpt: Path, oracle, s: dict, n: int,
-                  seed: int) -> dict:
+def measure_slice(backends: dict[float, DiffusersText2Image], predict, oracle, s: dict, n: int, seed: int) -> dict:
     """Real renders and each guidance's generated images of one slice, read by its ceiling classifier."""
-    codes = slice_draws(WorldSpec(), s["class"], s["attribute"], s["value"], n, seed)
+    spec = WorldSpec()
+    codes = slice_draws(spec, s["class"], s["attribute"], s["value"], n, seed)
     prompts = [caption(CLASSES[k], BACKGROUNDS[b], COLORS[c], SIZES[z]) for k, b, c, z in
                zip(*(codes[h].tolist() for h in ("class", "background", "color", "size")))]
-    row = {"real": readings(slice_renders(WorldSpec(), s["class"], s["attribute"], s["value"], n, seed), ckpt,
-                            oracle, codes, s["attribute"])}
+    row = {"real": readings(slice_renders(spec, s["class"], s["attribute"], s["value"], n, seed), predict, oracle,
+                            codes, s["attribute"])}
     for g, backend in backends.items():
         images = backend.generate(prompts, list(range(seed, seed + n))).images
-        row[str(g)] = readings((images.clamp(0, 1) * 255).round().to(torch.uint8), ckpt, oracle, codes,
+        row[str(g)] = readings((images.clamp(0, 1) * 255).round().to(torch.uint8), predict, oracle, codes,
                                s["attribute"])
     return row
 
@@ -77,9 +77,11 @@ def main() -> None:
     oracle = load_oracle()
     rows = []
     for world in json.loads(args.suite.read_text())["worlds"]:
+        if not world["slices"]:
+            continue  # a control world: no planted slice, no ceiling run
+        predict = checkpoint_classifier(ceiling_checkpoint(args.runs, world["name"], args.run_seed))
         for s in world["slices"]:
-            ckpt = ceiling_checkpoint(args.runs, world["name"], args.run_seed)
-            row = {"world": world["name"], "slice": s["group"], **measure_slice(backends, ckpt, oracle, s, args.n,
+            row = {"world": world["name"], "slice": s["group"], **measure_slice(backends, predict, oracle, s, args.n,
                                                                                 args.seed)}
             print(json.dumps(row), flush=True)
             rows.append(row)

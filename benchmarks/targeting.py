@@ -27,7 +27,7 @@ from blindspot.world.oracle import HEADS, load_oracle
 from blindspot.world.render import render
 from blindspot.world.spec import BACKGROUNDS, CLASSES, COLORS, SIZES, WorldSpec
 
-from .common import checkpoint_predictions, machine, table_cell, write
+from .common import checkpoint_classifier, machine, table_cell, write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = sorted(p for p in (ROOT / "outputs" / "compare" / "full").glob("*_diffusion/seed*")
@@ -66,7 +66,7 @@ def accuracy(predict, images: torch.Tensor, cls: str, spec: WorldSpec) -> float 
 def run_classifier(run: Path):
     """The run's final classifier as uint8 images -> class indices, or None when it saved none."""
     ckpt = run / "checkpoints" / "last.ckpt"
-    return (lambda images: checkpoint_predictions(ckpt, images)) if ckpt.exists() else None
+    return checkpoint_classifier(ckpt) if ckpt.exists() else None
 
 
 def judge_run(run: Path, oracle, spec: WorldSpec, predict=None) -> list[dict]:
