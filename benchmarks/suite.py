@@ -450,7 +450,12 @@ def markdown(result: dict) -> str:
     lines = [f"# Suite of planted worlds (`conf/suite/{result['config']}.yaml`)", "",
              f"{runs['finished']} of {runs['planned']} runs finished"
              + (f"; missing: {', '.join(runs['missing'][:12])}{' …' if len(runs['missing']) > 12 else ''}"
-                if runs["missing"] else "") + ".", "", "## Goals (issue 17)", ""]
+                if runs["missing"] else "") + ".", ""]
+    if result.get("pooled_from"):  # benchmarks.suite_seeds: several results files, one suite over all their seeds
+        lines += ["Pooled over seeds " + ", ".join(map(str, cfg["seeds"])) + " from "
+                  + "; ".join(f"`{f['file']}` (seeds {', '.join(map(str, f['seeds']))})" for f in result["pooled_from"])
+                  + ": every number is averaged over the seeds each file holds; methods every file has.", ""]
+    lines += ["## Goals (issue 17)", ""]
     for m, s in summary["methods"].items():
         worst = f" ({table_cell(s['worst_slice'])})" if s["worst_slice"] else ""
         goal = " (goal: mean ≥ 80%, each ≥ 60%)" if m == "failure_diffusion" else ""
