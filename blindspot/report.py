@@ -850,6 +850,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
        padding: 0 1rem; color: #222; line-height: 1.45; }
 h1 { font-size: 1.6rem; border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
 h2 { font-size: 1.2rem; margin-top: 2rem; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .9rem; }
 th, td { border: 1px solid #ddd; padding: .3rem .6rem; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; }
@@ -860,7 +861,7 @@ tr:nth-child(even) td { background: #fafafa; }
 ul.facts { padding-left: 1.2rem; }
 p.note { color: #666; font-size: .85rem; margin-top: -.6rem; }
 table.gallery td { text-align: center; }
-img.thumb { width: 12rem; max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #ccc; }
+img.thumb { height: 2.5rem; width: auto; image-rendering: pixelated; border: 1px solid #ccc; }  /* one scale per strip */
 .caption { color: #555; font-size: .85rem; }
 .notice { border-left: 5px solid; border-radius: 4px; padding: .6rem 1rem; margin: 1rem 0; }
 .notice.warning { background: #fff4ec; border-color: #d9480f; color: #6b2407; }
@@ -913,7 +914,8 @@ def _html_block(block: Block) -> str:
         head = "".join(f"<th>{e(h)}</th>" for h in block.headers)
         body = "\n".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block.rows)
         note = f'\n<p class="note">{e(block.note)}</p>' if block.note else ""
-        return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>{note}"
+        return (f'<div class="table-wrap"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n'
+                f"</table></div>{note}")
     if isinstance(block, Gallery):
         head = "<th>Mode</th>" + "".join(f"<th>{e(c.capitalize())}</th>" for c in block.columns)
         rows = []
@@ -921,8 +923,8 @@ def _html_block(block: Block) -> str:
             imgs = "".join(f'<td><img class="thumb" src="{e(img[1], quote=True)}" alt="{e(img[0], quote=True)}">'
                            f"</td>" if img else f"<td>{MISSING}</td>" for img in cells)
             rows.append(f'<tr><td><b>{e(title)}</b><br><span class="caption">{e(caption)}</span></td>{imgs}</tr>')
-        return f'<table class="gallery">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + \
-            "\n</tbody>\n</table>"
+        return f'<div class="table-wrap"><table class="gallery">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + \
+            "\n".join(rows) + "\n</tbody>\n</table></div>"
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
