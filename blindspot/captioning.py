@@ -200,10 +200,15 @@ def world_vocabulary(backgrounds: Sequence[str], colors: Sequence[str], sizes: S
 class Captioner:
     """Ranks a vocabulary's candidate captions for each failure mode by CLIP alignment."""
 
-    def __init__(self, vocabulary: Vocabulary, top_k: int = 3, proposer: Proposer | None = None):
+    TARGETS = ("direction", "members", "both")
+
+    def __init__(self, vocabulary: Vocabulary, top_k: int = 3, proposer: Proposer | None = None,
+                 target: str = "direction"):
         if top_k < 1:
             raise ValueError(f"captioner top_k={top_k}: must be >= 1")
-        self.vocabulary, self.top_k, self.proposer = vocabulary, top_k, proposer
+        if target not in self.TARGETS:
+            raise ValueError(f"loop.captioner.target={target!r}: must be one of {', '.join(self.TARGETS)}")
+        self.vocabulary, self.top_k, self.proposer, self.target_kind = vocabulary, top_k, proposer, target
         self._cache: dict[str, torch.Tensor] = {}
 
     def _embed(self, encode_texts: Callable[[list[str]], torch.Tensor], texts: list[str]) -> torch.Tensor:
@@ -222,14 +227,24 @@ class Captioner:
         return F.normalize(self._embed(encode_texts, texts).mean(0), dim=-1)
 
     def target(self, mode: FailureMode, embeddings: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
-        """The direction captions should align with: the failure direction, or slice mean minus class mean."""
+        """The direction captions should align with: the mode's failure direction, its members' mean minus its
+        class's mean (what the members share), or both summed (`target`; members when a mode has no direction)."""
+        direction = None
         if mode.direction is not None:
-            return F.normalize(torch.tensor(mode.direction, dtype=torch.float32), dim=-1)
+            direction = F.normalize(torch.tensor(mode.direction, dtype=torch.float32), dim=-1)
+            if self.target_kind == "direction":
+                return direction
         if embeddings is None or labels is None:
+            if direction is not None:
+                raise ValueError(f"loop.captioner.target={self.target_kind} needs the validation embeddings and "
+                                 "labels")
             raise ValueError(f"mode {mode.mode_id} has no direction: pass the validation embeddings and labels")
-        members = embeddings[mode.members].mean(0)
-        whole = embeddings[labels == mode.class_index].mean(0)
-        return F.normalize(members - whole, dim=-1)
+        members = embeddings[mode.members].float().mean(0)
+        whole = embeddings[labels == mode.class_index].float().mean(0)
+        shared = F.normalize(members - whole, dim=-1)
+        if direction is None or self.target_kind == "members":
+            return shared
+        return F.normalize(direction + shared, dim=-1)
 
     def _score(self, encode_texts, cls: str, items: list[tuple[str | None, str]], direction: torch.Tensor,
                reference: torch.Tensor) -> list[tuple[str, float]]:

@@ -50,6 +50,30 @@ def test_without_a_direction_the_slice_mean_minus_class_mean_is_used():
     assert mode.caption == "a photo of a yellow star"
 
 
+def test_the_target_setting_chooses_direction_members_or_both():
+    """The members all share 'night' while the direction leans to 'small' (a cue of errors in every class)."""
+    vocab = world_vocabulary(["grass", "night"], ["red", "yellow"], ["small", "large"])
+    emb = F.normalize(torch.randn(20, DIM, generator=torch.Generator().manual_seed(0)), dim=-1)
+    labels = torch.zeros(20, dtype=torch.long)
+    night = F.normalize(bag_of_words(["in the night sky"])[0] - bag_of_words(["a photo of a star"])[0], dim=-1)
+    emb[:5] = F.normalize(emb[:5] + 3 * night, dim=-1)
+    small = bag_of_words(["small"])[0]
+    direction = F.normalize(0.8 * small + 0.2 * night, dim=-1).tolist()
+
+    def top2(target: str) -> list[str]:
+        mode = FailureMode(0, "star", [0, 1, 2, 3, 4], 0.9, 0.2, 1.0, mode_id="m", direction=direction)
+        Captioner(vocab, target=target)([mode], bag_of_words, emb, labels)
+        return [c for c, _ in mode.captions[:2]]
+    assert top2("direction")[0] == "a photo of a small star"
+    assert top2("members")[0] == "a photo of a star in the night sky"
+    assert set(top2("both")) == {"a photo of a small star", "a photo of a star in the night sky"}  # the two cues
+    with pytest.raises(ValueError, match="loop.captioner.target"):
+        Captioner(vocab, target="centroid")
+    with pytest.raises(ValueError, match="needs the validation embeddings"):
+        Captioner(vocab, target="members")([FailureMode(0, "star", [0], 0.9, 0.2, 1.0, direction=direction)],
+                                           bag_of_words)
+
+
 def test_a_proposer_adds_candidates():
     vocab = Vocabulary({"background": ["on grass"]})
     mode = FailureMode(0, "cow", [0], 1.0, 0.1, 1.0, direction=bag_of_words(["beach"])[0].tolist())
