@@ -3,8 +3,9 @@
 Candidates are templates x attribute values from a vocabulary (the world brings its own; other data gets the
 shipped general one, blindspot/vocabularies/general.yaml; a user's YAML or text file replaces or extends it; an
 optional proposer callable adds more per mode, e.g. `blindspot.proposers.LLMProposer`). A candidate's score is
-the cosine between (text(candidate) - text(bare class)) and the mode's failure direction (Jain et al. 2022),
-or, without a direction, the slice's mean image embedding minus the class's (Chegini & Feizi 2023 style).
+the cosine between (text(candidate) - text(bare class)) and a target in CLIP space (`target`): the mode's failure
+direction (Jain et al. 2022; the default), the slice's mean image embedding minus the class's (Chegini & Feizi 2023
+style; also used when a mode has no direction), or the two summed.
 """
 
 from __future__ import annotations
@@ -235,10 +236,9 @@ class Captioner:
             if self.target_kind == "direction":
                 return direction
         if embeddings is None or labels is None:
-            if direction is not None:
-                raise ValueError(f"loop.captioner.target={self.target_kind} needs the validation embeddings and "
-                                 "labels")
-            raise ValueError(f"mode {mode.mode_id} has no direction: pass the validation embeddings and labels")
+            why = f"mode {mode.mode_id} has no direction" if direction is None else \
+                f"loop.captioner.target={self.target_kind} scores captions against the mode's members"
+            raise ValueError(f"{why}: pass the validation embeddings and labels")
         members = embeddings[mode.members].float().mean(0)
         whole = embeddings[labels == mode.class_index].float().mean(0)
         shared = F.normalize(members - whole, dim=-1)

@@ -69,7 +69,7 @@ def test_the_target_setting_chooses_direction_members_or_both():
     assert set(top2("both")) == {"a photo of a small star", "a photo of a star in the night sky"}  # the two cues
     with pytest.raises(ValueError, match="loop.captioner.target"):
         Captioner(vocab, target="centroid")
-    with pytest.raises(ValueError, match="needs the validation embeddings"):
+    with pytest.raises(ValueError, match="target=members scores captions against the mode's members: pass"):
         Captioner(vocab, target="members")([FailureMode(0, "star", [0], 0.9, 0.2, 1.0, direction=direction)],
                                            bag_of_words)
 
