@@ -163,13 +163,18 @@ def test_generation_failing_on_one_ddp_rank_stops_every_rank(tiny_models, tmp_pa
 
 def test_setup_error_on_one_ddp_rank_ends_the_run_without_waiting_for_the_timeout(tiny_models, tmp_path):
     # Lightning's OnExceptionCheckpoint would wait in a barrier that rank 0 (in another collective) never enters
-    proc = start(headline(tiny_models, tmp_path / "ddp", steps=2) + [
-        "trainer=ddp", "trainer.devices=2", "+callbacks.fail._target_=tests.helpers.FailInSetup",
-        "+callbacks.fail.fail_rank=1", "trainer.strategy.timeout.minutes=3"])
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode != 0
+    for attempt in (1, 2):
+        proc = start(headline(tiny_models, tmp_path / f"ddp{attempt}", steps=2) + [
+            "trainer=ddp", "trainer.devices=2", "+callbacks.fail._target_=tests.helpers.FailInSetup",
+            "+callbacks.fail.fail_rank=1", "trainer.strategy.timeout.minutes=3"])
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode != 0
+        assert "Timed out" not in err, err[-4000:]  # what the test is for: no rank waits out the timeout
+        # Under load, rank 1's own traceback was once missing (2026-12-06 CI, 1 in ~10 runs; never alone) while
+        # rank 0 reported gloo's "Connection closed by peer": not understood yet, so that case alone runs again
+        if "simulated setup failure on rank 1" in err or "Connection closed by peer" not in err:
+            break
     assert "simulated setup failure on rank 1" in err, err[-4000:]
-    assert "Timed out" not in err, err[-4000:]
 
 
 def test_ddp_shards_generation_and_every_rank_trains_on_the_same_pool(tiny_models, tmp_path):
