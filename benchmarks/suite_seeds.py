@@ -47,8 +47,8 @@ def check_same_suite(results: list[dict]) -> None:
         seen |= seeds
 
 
-def pool(results: list[dict]) -> dict:
-    """One results dict over all the files' seeds (the methods every file has)."""
+def pool(results: list[dict], names: list[str] | None = None) -> dict:
+    """One results dict over all the files' seeds (the methods every file has); `names` label the files."""
     check_same_suite(results)
     first = results[0]
     methods = [m for m in first["settings"]["methods"] if all(m in r["settings"]["methods"] for r in results)]
@@ -71,11 +71,13 @@ def pool(results: list[dict]) -> dict:
     slices = []
     for i, s in enumerate(first["slices"]):
         rows = [r["slices"][i] for r in results]
-        n = [[c.get((s["world"], m), 0) for c in counts] for m in methods + [CEILING]]
-        acc = {m: _weighted([(row["accuracy"].get(m), k) for row, k in zip(rows, ns)])
-               for m, ns in zip(methods + [CEILING], n)}
-        rates = {key: {m: v for m, ns in zip(methods, n)
-                       if (v := _weighted([(row.get(key, {}).get(m), k) for row, k in zip(rows, ns)])) is not None}
+        weights = {m: [c.get((s["world"], m), 0) for c in counts] for m in methods + [CEILING]}
+
+        def mean(key: str, m: str) -> float | None:
+            """The files' values of slice[key][m], weighted by their seed counts of method m on this world."""
+            return _weighted([(row.get(key, {}).get(m), n) for row, n in zip(rows, weights[m])])
+        acc = {m: mean("accuracy", m) for m in weights}
+        rates = {key: {m: v for m in methods if (v := mean(key, m)) is not None}
                  for key in ("found", "caption_hit", "handed")}
         erm = acc.get(baseline)
         slices.append({**s, "accuracy": acc, "status": slice_status(erm, th),
@@ -95,7 +97,8 @@ def pool(results: list[dict]) -> dict:
             "worlds": first["worlds"], "slices": slices, "per_world": per_world,
             "summary": summarise(cfg, slices, per_world, repaired, th),
             "invocations": [e for r in results for e in r["invocations"]],
-            "pooled_from": [{"file": r.get("_path"), "seeds": r["settings"]["seeds"]} for r in results]}
+            "pooled_from": [{"file": name, "seeds": r["settings"]["seeds"]}
+                            for name, r in zip(names or [None] * len(results), results)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,13 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+", help="results JSONs of benchmarks.suite, same worlds, disjoint seeds")
     p.add_argument("--stem", default="suite_seeds", help="output name under the results folder")
     args = p.parse_args(argv)
-    results = []
-    for f in args.files:
-        r = json.loads(Path(f).read_text())
-        r["_path"] = Path(f).name
-        results.append(r)
+    results = [json.loads(Path(f).read_text()) for f in args.files]
     out = Path(os.environ.get("BLINDSPOT_RESULTS", ROOT / "benchmarks" / "results"))
-    print(write_results(out, args.stem, pool(results)))
+    print(write_results(out, args.stem, pool(results, [Path(f).name for f in args.files])))
     return 0
 
 
