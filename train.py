@@ -8,14 +8,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from blindspot.runtime import register_resolvers, rewrite_argv_for_ddp_child
+from blindspot.runtime import (describe_rank_exits, enable_crash_tracebacks, register_resolvers,
+                               rewrite_argv_for_ddp_child)
 
 log = logging.getLogger("train")
+enable_crash_tracebacks()  # a rank that dies in native code says where, instead of vanishing
 rewrite_argv_for_ddp_child()  # DDP ranks > 0 must run rank 0's job in rank 0's folder
 register_resolvers()
 
@@ -39,6 +43,18 @@ def resume_checkpoint(run_dir: str | None) -> str | None:
     log.warning("resume: %s has no checkpoint yet (stopped during its first epoch); starting it again in place "
                 "(from ckpt_path, if set), reusing the generated images and manifests already there", run_dir)
     return None
+
+
+@contextmanager
+def naming_failed_ranks(trainer) -> Iterator[None]:
+    """On rank 0 of a failing DDP run, log how every other rank ended (gloo's own error only says one closed)."""
+    try:
+        yield
+    except BaseException:
+        children = getattr(trainer.strategy.launcher, "procs", None)
+        if children and trainer.global_rank == 0:
+            log.error("the run failed; the other DDP ranks: %s", "; ".join(describe_rank_exits(children)))
+        raise
 
 
 def build(cfg: DictConfig) -> tuple:
@@ -66,11 +82,12 @@ def run(cfg: DictConfig) -> float | None:
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     ckpt_path = resume_checkpoint(cfg.resume) or cfg.ckpt_path  # a resumed run continues from its own last epoch
-    if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    value = trainer.callback_metrics.get(cfg.optimized_metric)  # read before test() resets the metrics
-    if cfg.test:
-        trainer.test(model, datamodule=datamodule, ckpt_path=None if cfg.train else ckpt_path)
+    with naming_failed_ranks(trainer):
+        if cfg.train:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        value = trainer.callback_metrics.get(cfg.optimized_metric)  # read before test() resets the metrics
+        if cfg.test:
+            trainer.test(model, datamodule=datamodule, ckpt_path=None if cfg.train else ckpt_path)
     value = trainer.callback_metrics.get(cfg.optimized_metric, value)
     for logger in trainer.loggers:
         logger.finalize("success")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
 
 RUN_DIR_ENV = "BLINDSPOT_RUN_DIR"
 OVERRIDES_ENV = "BLINDSPOT_JOB_OVERRIDES"
@@ -44,3 +49,24 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("coalesce"):
         OmegaConf.register_new_resolver("coalesce", lambda *xs: next((x for x in xs if x not in (None, "")), None))
+
+
+def enable_crash_tracebacks() -> None:
+    """Print the Python stack of a process that dies in native code (segfault, abort), which is silent otherwise."""
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
+
+
+def describe_rank_exits(children: Sequence[subprocess.Popen], timeout: float = 2.0) -> list[str]:
+    """How each DDP child rank ended, waiting up to `timeout` seconds in all: "rank 1 (pid 7) was killed by SIGSEGV"."""
+    deadline = time.monotonic() + timeout
+    lines = []
+    for rank, child in enumerate(children, start=1):
+        try:
+            code = child.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            lines.append(f"rank {rank} (pid {child.pid}) is still running")
+            continue
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        lines.append(f"rank {rank} (pid {child.pid}) {how}")
+    return lines
