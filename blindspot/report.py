@@ -223,6 +223,8 @@ def _text(x: Any, limit: int = 200) -> str:
 
 def _fact(x: Any) -> str:
     """A value in a facts line: integers as they are, other numbers with 3 significant decimals, the rest short."""
+    if isinstance(x, Mapping):  # e.g. filter_thresholds: "near_duplicate 0.9986"
+        return ", ".join(f"{_text(k)} {_fact(v)}" for k, v in x.items()) or MISSING
     v = _num(x)
     if v is None:
         return _text(x, 80)
@@ -643,28 +645,25 @@ def _mode_label(mode: Mapping[str, Any]) -> str:
 
 
 def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
-    """Mode id, class, top caption, support, error rate vs. class, accuracy before → after (and group, images)."""
+    """Mode id, top caption, support, error rate vs. class, accuracy before → after (test slice, group, images)."""
     with_group = any(m.get("majority_group") is not None for m in modes)
     with_images = any(m.get("images_planned") is not None or m.get("images_kept") is not None for m in modes)
     with_slice = any(_dict(m.get("test_slice")) for m in modes)
     with_coverage = any(_num(_dict(m.get("extra")).get("train_coverage")) is not None for m in modes)
-    headers = ["Mode", "Class", "Caption (score)", "Support", "Error (class)", "Val acc before → after"]
-    headers += ["Training coverage (slice score → rank score)"] * with_coverage
+    headers = ["Mode", "Caption (score)", "Support", "Error (class)", "Val acc before → after"]  # ids name the class
+    headers += ["Test slice n", "Test slice acc before → after [95% interval]"] * with_slice  # fixed or not, first
     headers += ["Majority group: acc before → after"] * with_group + ["Images kept / planned"] * with_images
-    headers += ["Test slice n", "Test slice acc before → after [95% interval]"] * with_slice
+    headers += ["Training coverage (slice score → rank score)"] * with_coverage
     rows = []
     for m in modes:
         caption, score = _top_caption(m)
         support = m.get("support", len(_list(m.get("members"))) if "members" in m else None)
-        row = [_mode_label(m), _text(m.get("class_name", m.get("class_index"))),
-               caption + (f" ({_score(score)})" if score is not None else ""), _int(support),
+        row = [_mode_label(m), caption + (f" ({_score(score)})" if score is not None else ""), _int(support),
                f"{fmt_pct(m.get('error_rate'))} ({fmt_pct(m.get('class_error_rate'))})",
                fmt_change(m.get("acc_before"), m.get("acc_after"))]
-        if with_coverage:
-            extra = _dict(m.get("extra"))
-            cover, slice_score = _num(extra.get("train_coverage")), _num(extra.get("slice_score"))
-            row.append(MISSING if cover is None else f"{cover:.2f}" + (
-                f" ({_score(slice_score)} → {_score(m.get('score'))})" if slice_score is not None else ""))
+        if with_slice:
+            ts = _dict(m.get("test_slice"))
+            row += [_int(ts.get("n")), _ci_change(ts) if ts else MISSING]
         if with_group:
             group = m.get("majority_group")
             row.append(MISSING if group is None else
@@ -672,9 +671,11 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
         if with_images:
             contrast = f" ({_int(m['images_contrast'])} contrast)" if m.get("images_contrast") else ""
             row.append(f"{_int(m.get('images_kept'))}{contrast} / {_int(m.get('images_planned'))}")
-        if with_slice:
-            ts = _dict(m.get("test_slice"))
-            row += [_int(ts.get("n")), _ci_change(ts) if ts else MISSING]
+        if with_coverage:
+            extra = _dict(m.get("extra"))
+            cover, slice_score = _num(extra.get("train_coverage")), _num(extra.get("slice_score"))
+            row.append(MISSING if cover is None else f"{cover:.2f}" + (
+                f" ({_score(slice_score)} → {_score(m.get('score'))})" if slice_score is not None else ""))
         rows.append(row)
     return Table(headers, rows)
 
@@ -856,6 +857,7 @@ th, td { border: 1px solid #ddd; padding: .3rem .6rem; text-align: left; vertica
 th { background: #f4f4f4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.num.change { white-space: normal; min-width: 9.5rem; }
+td.long { min-width: 12rem; }
 td:first-child { white-space: nowrap; }
 tr:nth-child(even) td { background: #fafafa; }
 ul.facts { padding-left: 1.2rem; }
@@ -877,12 +879,16 @@ figure.chart { margin: 0; border: 1px solid #e3e3e3; border-radius: 6px; padding
 figure.chart img { width: 100%; height: auto; display: block; }
 """
 
+LONG_CELL = 24  # characters of text above which a cell is kept at least 12rem wide (captions wrap to 2 lines)
 _NUMERIC = re.compile(r"^(–|[+-]?\d[^A-Za-z]*(\b(pts|min|s|h)\b[^A-Za-z]*)*)$")  # numbers, units, arrows
 
 
 def _td(cell: str) -> str:
-    """An escaped table cell, right-aligned when it holds a number."""
-    cls = (' class="num change"' if "→" in cell else ' class="num"') if _NUMERIC.match(cell) else ""
+    """An escaped table cell, right-aligned when it holds a number; long text gets a minimum width."""
+    if _NUMERIC.match(cell):
+        cls = ' class="num change"' if "→" in cell else ' class="num"'
+    else:
+        cls = ' class="long"' if len(cell) > LONG_CELL else ""
     return f"<td{cls}>{html.escape(cell)}</td>"
 
 

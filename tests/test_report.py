@@ -55,7 +55,8 @@ def full_report() -> dict:
                       "planted": [{"group": "star|background=sand", "found": True, "mode_id": "r0-star-0",
                                    "caption_hit": True, "value": "sand"}]},
         "rounds": [{"round": 0, "epoch": 4, "method": "failure_diffusion", "remedy": "text2image",
-                    "status": "remedied", "injected": 11, "details": {"prompts": 3, "pool_hit_rate": 2 / 3},
+                    "status": "remedied", "injected": 11, "details": {"prompts": 3, "pool_hit_rate": 2 / 3,
+                                                                 "filter_thresholds": {"near_duplicate": 0.99856}},
                     "probes": [{"mode_id": "r0-star-0", "caption": "a star on sand", "n": 8, "error": 0.75,
                                 "ci_low": 0.41, "ci_high": 0.93, "kept": True}],
                     "seconds": {"embed": 1.5, "discover": 0.4, "caption": 0.2, "generate": 61.0, "filter": 3.0},
@@ -296,7 +297,11 @@ def test_modes_table_shows_test_slice_probes_and_counts(written):
     assert "| 40 | 20.0% \\[10.0–35.0\\] → 70.0% \\[55.0–82.0\\] (+50.0 pts) |" in md
     assert "| – | – |" in md  # the second mode has no test slice
     assert "24 generated, 12 kept, 11 injected" in md and "**Remedy**: text2image" in md
-    assert "**Details**: prompts: 3, pool_hit_rate: 0.6667" in md
+    assert "**Details**: prompts: 3, pool_hit_rate: 0.6667, filter_thresholds: near_duplicate 0.9986" in md
+    header = next(line for line in md.splitlines() if line.startswith("| Mode | Caption (score) |"))
+    assert header.index("Test slice acc") < header.index("Majority group") < header.index("Images kept")  # verdict first
+    html = render_html({"rounds": [{"epoch": 4, "modes": [_mode("r0-star-0", "a photo of a star on grass", 0.6, [1])]}]})
+    assert '<td>r0-star-0</td><td class="long">a photo of a star on grass (0.600)</td>' in html  # captions kept wide
     assert "| r0-star-0 | a star on sand | 8 | 75.0% \\[41.0–93.0\\] | yes |" in md  # caption probe
     assert fmt_ci(0.5, [0.25, None]) == "50.0%" and fmt_ci(None, [0.1, 0.2]) == "–"
 
