@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from blindspot.runtime import (describe_rank_exits, enable_crash_tracebacks, register_resolvers,
+from blindspot.runtime import (describe_rank_exits, enable_crash_tracebacks, is_ddp_child, register_resolvers,
                                rewrite_argv_for_ddp_child)
 
 log = logging.getLogger("train")
@@ -29,6 +29,14 @@ def instantiate_all(group: DictConfig | None, **shared) -> list:
     declares a key of `shared` (e.g. `loop: null`) gets that shared object."""
     return [hydra.utils.instantiate(c, **{k: v for k, v in shared.items() if k in c})
             for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def refuse_to_overwrite(output_dir: str) -> None:
+    """A fit from scratch must not write over a run that has epochs in this folder (it continues only if asked)."""
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if (last.exists() or last.is_symlink()) and not is_ddp_child():  # last.ckpt links to the newest epoch
+        raise FileExistsError(f"{output_dir} already holds a run ({last}): continue it with resume={output_dir}, "
+                              "or start a new one in another folder (hydra.run.dir)")
 
 
 def resume_checkpoint(run_dir: str | None) -> str | None:
@@ -74,6 +82,8 @@ def run(cfg: DictConfig) -> float | None:
 
     from blindspot.runtime import export_job
 
+    if cfg.train and not cfg.resume and not cfg.ckpt_path:
+        refuse_to_overwrite(cfg.paths.output_dir)
     if HydraConfig.initialized():
         export_job(cfg.paths.output_dir, list(HydraConfig.get().overrides.task))
     L.seed_everything(cfg.seed, workers=True)

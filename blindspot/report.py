@@ -81,6 +81,33 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[
     return {**paths, "charts": [charts[name] for name in CHART_FILES if name in charts]}
 
 
+def summary_lines(report: Mapping[str, Any], html_path: str | os.PathLike, max_modes: int = 8) -> list[str]:
+    """A few lines for the end of a run's log: test before → after, each mode's held-out slice, regressions, where."""
+    metrics = _dict(report.get("metrics"))
+    test, base = _dict(metrics.get("test")), _dict(metrics.get("baseline_test"))
+    parts = [f"{name} " + (fmt_change(base.get(key), test.get(key)) if key in base else fmt_pct(test.get(key)))
+             for key, name in (("avg_acc", "accuracy"), ("worst_group_acc", "worst group"))
+             if key in test or key in base]
+    lines = [("test, before the first round → end: " if base else "test: ") + "; ".join(parts) if parts else
+             "no test metrics recorded"]
+    modes = [m for r in map(_dict, _list(report.get("rounds"))) for m in map(_dict, _list(r.get("modes")))]
+    for m in modes[:max_modes]:
+        ts = _dict(m.get("test_slice"))
+        change = fmt_change(ts.get("acc_before"), ts.get("acc_after"))
+        verdict = (f"held-out test slice {change} (n={_int(ts.get('n'))})" if ts
+                   else f"validation {fmt_change(m.get('acc_before'), m.get('acc_after'))}")
+        lines.append(f"{_mode_label(m)} '{_top_caption(m)[0]}': {verdict}")
+    if len(modes) > max_modes:
+        lines.append(f"… and {len(modes) - max_modes} more modes")
+    listed = report.get("regressions")
+    regressions = listed if isinstance(listed, list) else find_regressions(report, regression_margin(report))
+    if regressions:
+        n = len(regressions)
+        lines.append(f"{n} regression{'s' * (n != 1)}: " + "; ".join(map(_regression_line, regressions[:3]))
+                     + (" …" if n > 3 else ""))
+    return [*lines, f"report: {html_path}"]
+
+
 def load_report(path: str | os.PathLike) -> dict:
     """Read a report.json (or the report.json inside a report directory)."""
     p = Path(path)

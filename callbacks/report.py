@@ -20,7 +20,7 @@ from blindspot.groundtruth import majority_group, score_discovery
 from blindspot.images import load_image
 from blindspot.loop import FailureLoop, Split
 from blindspot.metrics import wilson_interval
-from blindspot.report import write_report
+from blindspot.report import summary_lines, to_jsonable, write_report
 from blindspot.thumbnails import save_grid
 
 from .common import gather_by_index
@@ -99,6 +99,7 @@ class FailureReport(Callback):
         self.logged_rounds: list[int] = []  # rounds whose W&B table was logged (checkpointed: none twice)
         self._epoch_start = None
         self._test_buffers: dict[str, list[torch.Tensor]] = {}
+        self._summary: list[str] = []  # the final report's verdict, logged after Lightning's test table
 
     # timing ------------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -269,6 +270,13 @@ class FailureReport(Callback):
         paths = write_report(report, self.output_dir)
         if self.log_to_loggers:
             self.log_wandb(trainer, report, paths if final else {})
+        if final:
+            self._summary = summary_lines(to_jsonable(report), paths["html"])
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._summary:  # set on rank 0 by the final write; the last thing a run says
+            log.info("[blindspot] " + "\n  ".join(self._summary))
+            self._summary = []
 
     def log_wandb(self, trainer: Trainer, report: dict, paths: dict) -> None:
         """One table per finished round (logged once, even across a resume), the charts, the summary."""

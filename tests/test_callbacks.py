@@ -4,6 +4,7 @@ generate, filter, inject, report; the pool and the rounds survive a checkpoint."
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -32,12 +33,16 @@ def augment_overrides(tiny_models, budget=12):
     ]
 
 
-def test_a_round_discovers_generates_filters_injects_and_reports(compose_cfg, tmp_path, tiny_models):
+def test_a_round_discovers_generates_filters_injects_and_reports(compose_cfg, tmp_path, tiny_models, caplog):
     from train import run
 
     cfg = compose_cfg(augment_overrides(tiny_models) + ["loop.rank_by=uncovered"])  # ranked by training coverage
-    run(cfg)
+    with caplog.at_level(logging.INFO, logger="callbacks.report"):
+        run(cfg)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[blindspot] test")]
+    assert len(summary) == 1 and summary[0].endswith(f"report: {tmp_path / 'report' / 'index.html'}")  # once, at the end
+    assert f"{report['rounds'][0]['modes'][0]['mode_id']} '" in summary[0]
     assert len(report["rounds"]) == 1
     rnd = report["rounds"][0]
     assert rnd["epoch"] == 0 and rnd["modes"], "a barely trained model has failure modes"

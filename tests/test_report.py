@@ -13,7 +13,7 @@ import pytest
 from blindspot import charts
 from blindspot.modes import FailureMode
 from blindspot.report import (CHART_FILES, find_regressions, fmt_ci, fmt_pct, fmt_seconds, load_report, render_html,
-                              render_markdown, write_report)
+                              render_markdown, summary_lines, write_report)
 
 EVIL = "<script>alert(1)</script> on grass"
 
@@ -304,6 +304,19 @@ def test_modes_table_shows_test_slice_probes_and_counts(written):
     assert '<td>r0-star-0</td><td class="long">a photo of a star on grass (0.600)</td>' in html  # captions kept wide
     assert "| r0-star-0 | a star on sand | 8 | 75.0% \\[41.0–93.0\\] | yes |" in md  # caption probe
     assert fmt_ci(0.5, [0.25, None]) == "50.0%" and fmt_ci(None, [0.1, 0.2]) == "–"
+
+
+def test_summary_lines_give_the_verdict_and_where_the_report_is():
+    lines = summary_lines(full_report(), "run/report/index.html")
+    assert lines[0] == ("test, before the first round → end: accuracy 90.0% → 92.5% (+2.5 pts); "
+                        "worst group 40.0% → 80.0% (+40.0 pts)")
+    assert lines[1] == "r0-star-0 'a star on sand': held-out test slice 20.0% → 70.0% (+50.0 pts) (n=40)"
+    assert lines[2].startswith("r0-star-1 ") and lines[2].endswith(": validation 50.0% → –")  # no test slice
+    assert lines[3:] == ["report: run/report/index.html"]  # no regression in this run
+    worse = summary_lines(_regression_report(), "r/index.html")
+    assert worse[-2].startswith('4 regressions: mode r0-star-1 "a star on snow" (held-out test slice, n=25): 70.0% → '
+                                "45.0% (-25.0 pts); ") and worse[-2].endswith(" …")  # the first three, then "…"
+    assert summary_lines({}, "r/index.html") == ["no test metrics recorded", "report: r/index.html"]
 
 
 def test_modes_ranked_by_training_coverage_show_it_beside_both_scores():

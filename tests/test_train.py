@@ -65,6 +65,24 @@ def test_a_resumed_run_continues_from_its_own_checkpoint_before_ckpt_path(compos
     run_train(compose_cfg(args, output_dir=run_dir))
     assert started_from == [str(erm), str(run_dir / "checkpoints" / "last.ckpt")]
 
+def test_a_new_run_neither_continues_nor_overwrites_an_old_one_in_its_folder(compose_cfg, tmp_path):
+    import shutil
+
+    args = TINY_WORLD + ["trainer.max_epochs=1", "test=false"]
+    run_train(compose_cfg(args))
+    with pytest.raises(FileExistsError, match=f"resume={tmp_path}"):
+        run_train(compose_cfg(args))
+    # a run killed in its first epoch leaves only on_exception.ckpt: resuming it starts again, never from that state
+    ckpts = tmp_path / "checkpoints"
+    shutil.copy(ckpts / "last.ckpt", ckpts / "on_exception.ckpt")  # a finished epoch: restoring it would train none
+    for p in ckpts.glob("*epoch*.ckpt"):
+        p.unlink()
+    (ckpts / "last.ckpt").unlink()
+    run_train(compose_cfg(args + [f"resume={tmp_path}"]))
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 0  # epoch 0 trained again
+    assert not (ckpts / "on_exception.ckpt").exists()  # a run that ends normally keeps no crash checkpoint
+
+
 def _python(args, cwd=ROOT, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, env=env, capture_output=True, text=True,
