@@ -61,7 +61,8 @@ def naming_failed_ranks(trainer) -> Iterator[None]:
     except BaseException:
         children = getattr(trainer.strategy.launcher, "procs", None)
         if children and trainer.global_rank == 0:
-            log.error("the run failed; the other DDP ranks: %s", "; ".join(describe_rank_exits(children)))
+            log.error("the run failed; the other DDP ranks on this node: %s",
+                      "; ".join(describe_rank_exits(children)))
         raise
 
 

@@ -58,15 +58,15 @@ def enable_crash_tracebacks() -> None:
 
 
 def describe_rank_exits(children: Sequence[subprocess.Popen], timeout: float = 2.0) -> list[str]:
-    """How each DDP child rank ended, waiting up to `timeout` seconds in all: "rank 1 (pid 7) was killed by SIGSEGV"."""
+    """How each DDP child process ended, within `timeout` s in all: "local rank 1 (pid 7) was killed by SIGSEGV"."""
     deadline = time.monotonic() + timeout
     lines = []
     for rank, child in enumerate(children, start=1):
         try:
             code = child.wait(timeout=max(deadline - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
-            lines.append(f"rank {rank} (pid {child.pid}) is still running")
+            lines.append(f"local rank {rank} (pid {child.pid}) is still running")
             continue
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        lines.append(f"rank {rank} (pid {child.pid}) {how}")
+        lines.append(f"local rank {rank} (pid {child.pid}) {how}")
     return lines

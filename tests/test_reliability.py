@@ -181,7 +181,8 @@ def test_setup_error_on_one_ddp_rank_ends_the_run_without_waiting_for_the_timeou
             line for line in (out + err).splitlines() if "other DDP ranks" in line or "Fatal Python error" in line))
     assert "simulated setup failure on rank 1" in err, err[-4000:]
     # rank 0 names how rank 1 ended (its 2 s wait may end before rank 1's exit under load)
-    assert re.search(r"the other DDP ranks: rank 1 \(pid \d+\) (exited with code 1|is still running)", out), out[-4000:]
+    pattern = r"the other DDP ranks on this node: local rank 1 \(pid \d+\) (exited with code 1|is still running)"
+    assert re.search(pattern, out), out[-4000:]
 
 
 def test_rank_exits_are_described_and_native_crashes_print_a_stack():
@@ -194,9 +195,9 @@ def test_rank_exits_are_described_and_native_crashes_print_a_stack():
         lines = describe_rank_exits(children, timeout=5)  # the last one runs on: the wait ends at the timeout
     finally:
         children[2].kill()
-    assert lines[0] == f"rank 1 (pid {children[0].pid}) exited with code 3"
-    assert lines[1] == f"rank 2 (pid {children[1].pid}) was killed by SIGSEGV"
-    assert lines[2] == f"rank 3 (pid {children[2].pid}) is still running"
+    assert lines[0] == f"local rank 1 (pid {children[0].pid}) exited with code 3"
+    assert lines[1] == f"local rank 2 (pid {children[1].pid}) was killed by SIGSEGV"
+    assert lines[2] == f"local rank 3 (pid {children[2].pid}) is still running"
     assert "Fatal Python error: Segmentation fault" in children[1].communicate()[1]
 
 
