@@ -41,7 +41,7 @@ def test_a_round_discovers_generates_filters_injects_and_reports(compose_cfg, tm
         run(cfg)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[blindspot] test")]
-    assert len(summary) == 1 and summary[0].endswith(f"report: {tmp_path / 'report' / 'index.html'}")  # once, at the end
+    assert len(summary) == 1 and summary[0].endswith(f"report: {tmp_path / 'report' / 'index.html'}")  # once, last
     assert f"{report['rounds'][0]['modes'][0]['mode_id']} '" in summary[0]
     assert len(report["rounds"]) == 1
     rnd = report["rounds"][0]

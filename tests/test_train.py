@@ -65,6 +65,7 @@ def test_a_resumed_run_continues_from_its_own_checkpoint_before_ckpt_path(compos
     run_train(compose_cfg(args, output_dir=run_dir))
     assert started_from == [str(erm), str(run_dir / "checkpoints" / "last.ckpt")]
 
+
 def test_a_new_run_neither_continues_nor_overwrites_an_old_one_in_its_folder(compose_cfg, tmp_path):
     import shutil
 
