@@ -83,12 +83,11 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[
 
 def summary_lines(report: Mapping[str, Any], html_path: str | os.PathLike, max_modes: int = 8) -> list[str]:
     """A few lines for the end of a run's log: test before → after, each mode's held-out slice, regressions, where."""
-    metrics = _dict(report.get("metrics"))
-    test, base = _dict(metrics.get("test")), _dict(metrics.get("baseline_test"))
-    parts = [f"{name} " + (fmt_change(base.get(key), test.get(key)) if key in base else fmt_pct(test.get(key)))
-             for key, name in (("avg_acc", "accuracy"), ("worst_group_acc", "worst group"))
-             if key in test or key in base]
-    lines = [("test, before the first round → end: " if base else "test: ") + "; ".join(parts) if parts else
+    values = _test_values(report)
+    parts = [f"{name} {values[key]}" for key, name in (("avg_acc", "accuracy"), ("worst_group_acc", "worst group"))
+             if key in values]
+    before = _dict(_dict(report.get("metrics")).get("baseline_test"))
+    lines = [("test, before the first round → end: " if before else "test: ") + "; ".join(parts) if parts else
              "no test metrics recorded"]
     modes = [m for r in map(_dict, _list(report.get("rounds"))) for m in map(_dict, _list(r.get("modes")))]
     for m in modes[:max_modes]:
@@ -99,8 +98,7 @@ def summary_lines(report: Mapping[str, Any], html_path: str | os.PathLike, max_m
         lines.append(f"{_mode_label(m)} '{_top_caption(m)[0]}': {verdict}")
     if len(modes) > max_modes:
         lines.append(f"… and {len(modes) - max_modes} more modes")
-    listed = report.get("regressions")
-    regressions = listed if isinstance(listed, list) else find_regressions(report, regression_margin(report))
+    regressions = _listed_regressions(report, regression_margin(report))
     if regressions:
         n = len(regressions)
         lines.append(f"{n} regression{'s' * (n != 1)}: " + "; ".join(map(_regression_line, regressions[:3]))
@@ -505,15 +503,21 @@ def build_blocks(report: Mapping[str, Any], charts: Mapping[str, str] | None = N
     return blocks
 
 
+def _listed_regressions(report: Mapping[str, Any], margin: float) -> list[Mapping[str, Any]]:
+    """The report's own `regressions` list when it has one (shown as it is), else those found with `margin`."""
+    listed = report.get("regressions")
+    if isinstance(listed, list):
+        return [r for r in map(_dict, _list(listed)) if r]
+    return find_regressions(report, margin)
+
+
 def _regressions(report: Mapping[str, Any]) -> list[Block]:
     """A warning box listing what got worse by more than the margin, or a one-line all-clear."""
     try:
         margin = regression_margin(report)
     except ValueError as e:
         return [Notice("warning", f"Regression check not run: {e}")]
-    listed = report.get("regressions")
-    regressions = [r for r in map(_dict, _list(listed)) if r] if isinstance(listed, list) else \
-        find_regressions(report, margin)
+    regressions = _listed_regressions(report, margin)
     pts = f"{100 * margin:.1f} pts"
     if regressions:
         n = len(regressions)
@@ -549,6 +553,14 @@ def _title(report: Mapping[str, Any]) -> str:
     return _text(report.get("title") or "Blindspot report")
 
 
+def _test_values(report: Mapping[str, Any]) -> dict[str, str]:
+    """Test avg_acc / worst_group_acc: "before → after" when the baseline (model at round 1) has it, else final."""
+    metrics = _dict(report.get("metrics"))
+    test, base = _dict(metrics.get("test")), _dict(metrics.get("baseline_test"))
+    return {key: fmt_change(base.get(key), test.get(key)) if key in base else fmt_pct(test.get(key))
+            for key in ("avg_acc", "worst_group_acc") if key in base or key in test}
+
+
 def _headline(report: Mapping[str, Any]) -> list[Block]:
     """Test average / worst-group accuracy (before → after when the baseline is known), validation too."""
     metrics = _dict(report.get("metrics"))
@@ -556,11 +568,10 @@ def _headline(report: Mapping[str, Any]) -> list[Block]:
     items: list[tuple[str, str]] = []
     if report.get("method") is not None:
         items.append(("Method", _text(report["method"])))
+    values = _test_values(report)
     for key, label in (("avg_acc", "Test accuracy"), ("worst_group_acc", "Test worst-group accuracy")):
-        if key in base:
-            items.append((label, fmt_change(base.get(key), test.get(key))))
-        elif key in test:
-            items.append((label, fmt_pct(test.get(key))))
+        if key in values:
+            items.append((label, values[key]))
     for key, label in (("avg_acc", "Validation accuracy"), ("worst_group_acc", "Validation worst-group accuracy")):
         if key in val:
             items.append((label, fmt_pct(val.get(key))))
