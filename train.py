@@ -15,8 +15,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from blindspot.runtime import (describe_rank_exits, enable_crash_tracebacks, is_ddp_child, register_resolvers,
-                               rewrite_argv_for_ddp_child)
+from blindspot.runtime import (describe_rank_exits, enable_crash_tracebacks, is_ddp_child, last_checkpoint,
+                               register_resolvers, rewrite_argv_for_ddp_child)
 
 log = logging.getLogger("train")
 enable_crash_tracebacks()  # a rank that dies in native code says where, instead of vanishing
@@ -33,7 +33,7 @@ def instantiate_all(group: DictConfig | None, **shared) -> list:
 
 def refuse_to_overwrite(output_dir: str) -> None:
     """A fit from scratch must not write over a run that has epochs in this folder (it continues only if asked)."""
-    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(output_dir)
     if (last.exists() or last.is_symlink()) and not is_ddp_child():  # last.ckpt links to the newest epoch
         raise FileExistsError(f"{output_dir} already holds a run ({last}): continue it with resume={output_dir}, "
                               "or start a new one in another folder (hydra.run.dir)")
@@ -45,7 +45,7 @@ def resume_checkpoint(run_dir: str | None) -> str | None:
         return None
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"resume={run_dir!r} is not a run directory (resume takes a run's output folder)")
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(run_dir)
     if last.is_file():
         return str(last)
     log.warning("resume: %s has no checkpoint yet (stopped during its first epoch); starting it again in place "

@@ -27,6 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from blindspot.runtime import last_checkpoint
+
 from .common import QUICK_RUN, table_cell
 from .planted import blind_spots, default_world, slice_accuracy
 from .runs import claimed, reusable_report
@@ -83,7 +85,7 @@ def _run_claimed(method: str, seed: int, out: Path, quick: bool, threads: int | 
     done = reusable_report(out, args, f"[compare] {method} seed {seed}")
     if done is not None:
         return done
-    if (out / "checkpoints" / "last.ckpt").exists():
+    if last_checkpoint(out).exists():
         args.append(f"resume={out}")
     env = dict(os.environ)  # train.py runs from ROOT: its folder is on sys.path
     if threads:

@@ -39,6 +39,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from blindspot.runtime import last_checkpoint
 from blindspot.world.suite import SuiteWorld
 from blindspot.world.spec import WorldSpec
 
@@ -233,7 +234,7 @@ def _run_claimed(job: Job, threads: int | None) -> dict:
     if done is not None:
         return done
     args = [*job.args, f"hydra.run.dir={job.out}"]
-    if (job.out / "checkpoints" / "last.ckpt").exists():
+    if last_checkpoint(job.out).exists():
         args.append(f"resume={job.out}")
     _write_json(job.out / "suite_run.json", {"world": job.world, "method": job.method, "seed": job.seed,
                                              "args": job.args})

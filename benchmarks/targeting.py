@@ -23,6 +23,7 @@ import torch
 
 from blindspot.generation.manifest import read_manifest
 from blindspot.images import load_image
+from blindspot.runtime import last_checkpoint
 from blindspot.world.oracle import HEADS, load_oracle
 from blindspot.world.render import render
 from blindspot.world.spec import BACKGROUNDS, CLASSES, COLORS, SIZES, WorldSpec
@@ -65,7 +66,7 @@ def accuracy(predict, images: torch.Tensor, cls: str, spec: WorldSpec) -> float 
 
 def run_classifier(run: Path):
     """The run's final classifier as uint8 images -> class indices, or None when it saved none."""
-    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt = last_checkpoint(run)
     return checkpoint_classifier(ckpt) if ckpt.exists() else None
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from blindspot.runtime import last_checkpoint
+
 from .common import checkpoint_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +74,7 @@ def headline_setting(cfg, *keys: str):
 
 def train_erm(seed: int, run_dir: Path, epochs: int = 5) -> Path:
     """Train ERM with the unchanged command (niced), unless run_dir already holds its last checkpoint."""
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = last_checkpoint(run_dir)
     if ckpt.exists():
         done = torch.load(ckpt, map_location="cpu", weights_only=False).get("epoch", -1) + 1
         if done >= epochs:

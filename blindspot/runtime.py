@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 RUN_DIR_ENV = "BLINDSPOT_RUN_DIR"
 OVERRIDES_ENV = "BLINDSPOT_JOB_OVERRIDES"
@@ -34,6 +35,11 @@ def rewrite_argv_for_ddp_child() -> None:
     run_dir = os.environ[RUN_DIR_ENV]
     sys.argv = [sys.argv[0], *overrides, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null",
                 f"hydra.job.name=ddp_rank_{os.environ.get('LOCAL_RANK')}"]
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """Where a run keeps the checkpoint that `resume=<run dir>` continues from (conf/callbacks/model_checkpoint.yaml)."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
 
 
 def export_job(output_dir: str, overrides: list[str]) -> None:
