@@ -235,6 +235,7 @@ def test_the_runner_keeps_finished_runs_and_writes_its_results(tmp_path, monkeyp
     assert result["runs"]["finished"] == result["runs"]["planned"] == 9 and not result["runs"]["missing"]
     assert result["summary"]["methods"]["failure_diffusion"]["gap_closed_mean"] == pytest.approx(1.0)
     text = (tmp_path / "suite.md").read_text()
+    assert text.startswith("# Suite of planted worlds (`conf/suite/default.yaml` with `worlds.n_worlds=2`)\n")
     assert "star\\|grass" in text
     assert "none 2, failure_diffusion 2 (generation 1), untargeted_diffusion 2" in text  # 2 runs of 60 s each
     assert (tmp_path / "suite.png").stat().st_size > 1000

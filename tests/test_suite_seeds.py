@@ -69,11 +69,13 @@ def test_overlapping_seeds_or_other_worlds_are_refused():
 
 def test_the_command_writes_the_pooled_tables(tmp_path, monkeypatch):
     for name, seeds, fd in (("s0.json", [0], 0.5), ("s12.json", [1, 2], 0.95)):
-        (tmp_path / name).write_text(json.dumps(_result(seeds, ["none", "failure_diffusion"], 0.6, fd, 1.0,
-                                                        1.0, 0.9)))
+        result = _result(seeds, ["none", "failure_diffusion"], 0.6, fd, 1.0, 1.0, 0.9)
+        result["settings"]["overrides"] = [f"seeds={seeds}", "worlds.seed=1"]  # the pooled file keeps the latter
+        (tmp_path / name).write_text(json.dumps(result))
     monkeypatch.setenv("BLINDSPOT_RESULTS", str(tmp_path))
     assert main([str(tmp_path / "s0.json"), str(tmp_path / "s12.json"), "--stem", "pooled"]) == 0
     text = (tmp_path / "pooled.md").read_text()
+    assert text.startswith("# Suite of planted worlds (`conf/suite/default.yaml` with `worlds.seed=1`)\n")
     assert "Pooled over seeds 0, 1, 2 from `s0.json` (seeds 0); `s12.json` (seeds 1, 2)" in text
     assert "| w | star\\|grass | 0 | no | 60% | 80% | 100% | 50% |" in text  # fd (0.5 + 2 x 0.95) / 3 = 0.8
     assert json.loads((tmp_path / "pooled.json").read_text())["summary"]["methods"]["failure_diffusion"][
