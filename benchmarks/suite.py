@@ -449,7 +449,8 @@ def markdown(result: dict) -> str:
     runs = result["runs"]
     heads = [f"ERM ({m})" if m == baseline else m for m in methods + [CEILING]]
     given = " ".join(cfg.get("overrides") or [])  # e.g. worlds.seed=1: other worlds than the committed suite's
-    lines = [f"# Suite of planted worlds (`conf/suite/{result['config']}.yaml`{f' with `{given}`' if given else ''})", "",
+    title = f"`conf/suite/{result['config']}.yaml`" + (f" with `{given}`" if given else "")
+    lines = [f"# Suite of planted worlds ({title})", "",
              f"{runs['finished']} of {runs['planned']} runs finished"
              + (f"; missing: {', '.join(runs['missing'][:12])}{' …' if len(runs['missing']) > 12 else ''}"
                 if runs["missing"] else "") + ".", ""]

@@ -90,9 +90,9 @@ def pool(results: list[dict], names: list[str] | None = None) -> dict:
     cfg = OmegaConf.create({"baseline": baseline,
                             "discovery_method": first["summary"]["found_in_top_k"]["method"]})
     seeds = sorted(s for r in results for s in r["settings"]["seeds"])
+    shared = [o for o in first["settings"].get("overrides", []) if not o.startswith("seeds=")]  # seeds are pooled
     return {"config": first["config"],
-            "settings": {**first["settings"], "methods": methods, "seeds": seeds,  # each file's seeds= is pooled
-                         "overrides": [o for o in first["settings"].get("overrides", []) if not o.startswith("seeds=")]},
+            "settings": {**first["settings"], "methods": methods, "seeds": seeds, "overrides": shared},
             "estimate_minutes_workers2": first["estimate_minutes_workers2"],
             "runs": {"planned": pooled_runs, "finished": pooled_runs, "missing": [], "errors": {}, "folders": {}},
             "worlds": first["worlds"], "slices": slices, "per_world": per_world,
