@@ -33,9 +33,9 @@ def blind_spots() -> list[dict]:
     return world.slices(spec)
 
 
-def slice_accuracy(report: dict, slice_: dict) -> float | None:
+def slice_accuracy(report: dict, slice_: dict, split: str = "test") -> float | None:
     """Test accuracy of a planted slice: the mean over its groups (the test split is balanced over groups)."""
-    return slice_mean(report.get("metrics", {}).get("test", {}).get("per_group", {}) or {}, slice_)
+    return slice_mean(report.get("metrics", {}).get(split, {}).get("per_group", {}) or {}, slice_)
 
 
 def slice_mean(per_group: dict, slice_: dict) -> float | None:

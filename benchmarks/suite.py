@@ -44,6 +44,8 @@ from blindspot.world.suite import SuiteWorld
 from blindspot.world.spec import WorldSpec
 
 from .common import table_cell
+from .fresh_test import SEED_OFFSET, fresh_metrics, fresh_split
+from .fresh_test import SPLIT as FRESH
 from .compare import SLOW_FIRST, git_commit, images_added, overrides_for
 from .planted import slice_accuracy, slice_mean, world_spec_and_default
 from .runs import claimed, composed_config, finished_report, is_current, reusable_report
@@ -289,6 +291,23 @@ def run_all(jobs: list[Job], workers: int) -> tuple[dict[tuple[str, str, int], s
     return errors, len(ran)
 
 
+def add_fresh_tests(jobs: list[Job], finished: list[dict | None], worlds: list[SuiteWorld], spec: WorldSpec,
+                    factor: int) -> None:
+    """Score every finished run on its world's fresh test split (fresh_test.py): `report["metrics"]["fresh_test"]`."""
+    cache_dir = ROOT / ".cache" / "world"
+    by_name = {w.name: w for w in worlds}
+    for w in worlds:
+        done = [(j, r) for j, r in zip(jobs, finished) if j.world == w.name and r is not None]
+        if not done:
+            continue
+        split = fresh_split(by_name[w.name], spec, factor, cache_dir)
+        print(f"[suite] fresh test of {w.name}: {len(split)} images, {len(done)} run(s)", flush=True)
+        for job, report in done:
+            metrics = fresh_metrics(job.out, split)
+            if metrics is not None:
+                report["metrics"][FRESH] = metrics
+
+
 def with_baselines(selected: list[Job]) -> list[Job]:
     """The selected jobs plus the baseline runs they start from (a finished one is only read again)."""
     chosen, added = {id(j) for j in selected}, []
@@ -348,8 +367,9 @@ def _mean(values: list) -> float | None:
 
 
 def evaluate(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld],
-             reports: dict[tuple[str, str], list[dict]]) -> dict:
-    """Per-slice and per-world rows and the goal summary from the finished reports ({(world, method): [seeds]})."""
+             reports: dict[tuple[str, str], list[dict]], split: str = "test") -> dict:
+    """Per-slice and per-world rows and the goal summary from the finished reports ({(world, method): [seeds]}),
+    with the test metrics of `split` (a report's `metrics[split]`: its own "test", or fresh_test.SPLIT)."""
     thresholds = dict(cfg.thresholds)
     methods = list(cfg.methods) + ([CEILING] if cfg.get("ceiling", True) else [])
     repaired = [m for m in cfg.methods if m != cfg.baseline]
@@ -361,15 +381,15 @@ def evaluate(cfg: DictConfig, spec: WorldSpec, worlds: list[SuiteWorld],
             rs = reports.get((w.name, m), [])
             if rs:
                 row["methods"][m] = {
-                    "avg_acc": _mean([r["metrics"]["test"].get("avg_acc") for r in rs]),
-                    "worst_group_acc": _mean([r["metrics"]["test"].get("worst_group_acc") for r in rs]),
+                    "avg_acc": _mean([r["metrics"].get(split, {}).get("avg_acc") for r in rs]),
+                    "worst_group_acc": _mean([r["metrics"].get(split, {}).get("worst_group_acc") for r in rs]),
                     "images_added": _mean([images_added(r) for r in rs]),
                     "wall_seconds": _mean([r.get("wall_seconds") for r in rs]),
                     "generate_seconds": _mean([(r.get("breakdown") or {}).get("generate", 0.0) for r in rs]),
                     "seeds": len(rs)}
         per_world.append(row)
         for s in w.slices(spec):
-            acc = {m: _mean([slice_accuracy(r, s) for r in reports.get((w.name, m), [])]) for m in methods}
+            acc = {m: _mean([slice_accuracy(r, s, split) for r in reports.get((w.name, m), [])]) for m in methods}
             erm, ceiling = acc.get(cfg.baseline), acc.get(CEILING)
             found, hit, handed = {}, {}, {}
             missed = [o for r in reports.get((w.name, who), []) if (o := outranked_by(r, s))]
@@ -458,6 +478,11 @@ def markdown(result: dict) -> str:
         lines += ["Pooled over seeds " + ", ".join(map(str, cfg["seeds"])) + " from "
                   + "; ".join(f"`{f['file']}` (seeds {', '.join(map(str, f['seeds']))})" for f in result["pooled_from"])
                   + ": every number is averaged over the seeds each file holds; methods every file has.", ""]
+    test = cfg.get("test_split") or {"name": "test"}
+    if test["name"] == FRESH:
+        lines += [f"Test accuracy everywhere below is on fresh renders: each world's test design {test['factor']}× as "
+                  f"large (data seed + {test['seed_offset']}), the same images for ERM, every method and the ceiling, "
+                  "scored from each run's final checkpoint (`benchmarks/fresh_test.py`).", ""]
     lines += ["## Goals (issue 17)", ""]
     for m, s in summary["methods"].items():
         worst = f" ({table_cell(s['worst_slice'])})" if s["worst_slice"] else ""
@@ -467,6 +492,11 @@ def markdown(result: dict) -> str:
         lines.append(f"- {m}: gap to the ceiling closed on the {s['slices']} of {s['of']} slices ERM fails "
                      f"(< {th['fails_below']:.0%}): mean {_pct(s['gap_closed_mean'])}, min "
                      f"{_pct(s['gap_closed_min'])}{worst}{goal}{undefined}")
+    own = (result.get("own_test") or {}).get("summary", {}).get("methods", {})
+    for m, s in own.items():
+        lines.append(f"- on the runs' own test splits instead (the ceiling on its own renders): {m} closes "
+                     f"{_pct(s['gap_closed_mean'])} of the gap on average, {_pct(s['gap_closed_min'])} at the least "
+                     f"({table_cell(s['worst_slice'] or '–')}), on {s['slices']} of {s['of']} slices ERM fails there")
     for key, goal, what in (("found_in_top_k", "95%", "found in the top-k modes (k = the world's blind spots)"),
                             ("caption_hit", "90%", "caption hit"),
                             ("found_in_handed", None, "found among all the modes handed to the remedy")):
@@ -666,20 +696,29 @@ def main(argv: list[str] | None = None) -> int:
                             "methods": chosen_methods, "errors": len(errors),
                             "load_average_at_end": os.getloadavg()})
     finished = [current_report(j) for j in jobs]  # read once: collect, missing and the count use it
+    factor = int(cfg.get("fresh_test_factor") or 0)
+    if factor:
+        add_fresh_tests(jobs, finished, worlds, spec, factor)
     reports = collect(jobs, finished)
+    split = FRESH if factor else "test"
     missing = [f"{j.world}/{j.method}/seed{j.seed}" for j, r in zip(jobs, finished) if not j.alias and r is None]
     result = {"config": name,
               "settings": {"methods": list(cfg.methods), "baseline": cfg.baseline, "seeds": list(cfg.seeds),
                            "run_prefix": run_prefix("<method>", "<seed>"),
                            "common_overrides": list(cfg.common_overrides), "overrides": list(args.overrides),
-                           "generator": OmegaConf.to_container(cfg.worlds)},
+                           "generator": OmegaConf.to_container(cfg.worlds),
+                           "test_split": {"name": split, "factor": factor, "seed_offset": SEED_OFFSET}
+                           if factor else {"name": split}},
               "estimate_minutes_workers2": estimate_minutes(jobs, dict(cfg.minutes_per_run), 2),
               "runs": {"planned": sum(not j.alias for j in jobs), "finished": sum(
                   1 for j, r in zip(jobs, finished) if not j.alias and r is not None), "missing": missing,
                        "errors": {"/".join(map(str, k)): v[-2000:] for k, v in errors.items()},
                        "folders": {f"{j.world}/{j.method}/seed{j.seed}": str(j.out) for j in jobs}},
               "worlds": [w.to_dict(spec) for w in worlds],
-              **evaluate(cfg, spec, worlds, reports), "invocations": invocations}
+              **evaluate(cfg, spec, worlds, reports, split), "invocations": invocations}
+    if factor:  # the same numbers on the runs' own test splits, for comparison
+        own = evaluate(cfg, spec, worlds, reports, "test")
+        result["own_test"] = {"summary": own["summary"], "accuracy": {s["id"]: s["accuracy"] for s in own["slices"]}}
     print(write_results(results, stem, result))
     return 1 if errors else 0
 

@@ -39,6 +39,10 @@ def check_same_suite(results: list[dict]) -> None:
     if len(set(worlds)) > 1:
         raise ValueError("the results files were made on different worlds (their `worlds` differ): pool only runs "
                          "of the same suite settings")
+    splits = [json.dumps(r["settings"].get("test_split") or {"name": "test"}, sort_keys=True) for r in results]
+    if len(set(splits)) > 1:
+        raise ValueError("the results files were scored on different test splits (settings.test_split differs): "
+                         "re-summarise them with the same fresh_test_factor")
     seen: set[int] = set()
     for r in results:
         seeds = set(r["settings"]["seeds"])

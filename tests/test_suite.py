@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import hydra
 import pytest
+from omegaconf import OmegaConf
 
 from blindspot.world.dataset import Planted, _attribute_probs, group_names, planted_slices
 from blindspot.world.spec import WorldSpec
@@ -230,12 +232,14 @@ def test_the_runner_keeps_finished_runs_and_writes_its_results(tmp_path, monkeyp
         return real_run(cmd, *a, **k)
 
     monkeypatch.setattr(suite.subprocess, "run", no_training)
-    assert suite.main(["worlds.n_worlds=2", "--out", str(runs), "--workers", "2", "--methods", "none,ceiling"]) == 0
+    assert suite.main(["worlds.n_worlds=2", "fresh_test_factor=0", "--out", str(runs), "--workers", "2",
+                       "--methods", "none,ceiling"]) == 0  # fake reports, no checkpoints: their own test splits
     result = json.loads((tmp_path / "suite.json").read_text())
     assert result["runs"]["finished"] == result["runs"]["planned"] == 9 and not result["runs"]["missing"]
     assert result["summary"]["methods"]["failure_diffusion"]["gap_closed_mean"] == pytest.approx(1.0)
     text = (tmp_path / "suite.md").read_text()
-    assert text.startswith("# Suite of planted worlds (`conf/suite/default.yaml` with `worlds.n_worlds=2`)\n")
+    assert text.startswith("# Suite of planted worlds (`conf/suite/default.yaml` with `worlds.n_worlds=2 "
+                           "fresh_test_factor=0`)\n")
     assert "star\\|grass" in text
     assert "none 2, failure_diffusion 2 (generation 1), untargeted_diffusion 2" in text  # 2 runs of 60 s each
     assert (tmp_path / "suite.png").stat().st_size > 1000
@@ -253,6 +257,18 @@ def test_quick_suite_runs_the_default_world_end_to_end(tmp_path):
     assert star["group"] == "star|grass"
     assert all(0.0 <= star["accuracy"][m] <= 1.0 for m in ("none", "failure_diffusion", "retrieval", "ceiling"))
     assert star["found"] and (tmp_path / "suite_quick.png").stat().st_size > 1000
+    assert result["settings"]["test_split"]["name"] == "fresh_test" and star["id"] in result["own_test"]["accuracy"]
+    # the fresh test scores a run's checkpoint as its own test did: on the run's own test split it gives its report
+    from benchmarks.common import checkpoint_classifier
+    from benchmarks.fresh_test import split_metrics
+    run = Path(result["runs"]["folders"]["default/failure_diffusion/seed0"])
+    own = hydra.utils.instantiate(OmegaConf.load(run / ".hydra" / "config.yaml").data, _convert_="all").split("test")
+    report = json.loads((run / "report" / "report.json").read_text())["metrics"]["test"]
+    again = split_metrics(checkpoint_classifier(run / "checkpoints" / "last.ckpt")(own.images), own)
+    assert again["per_group"] == pytest.approx(report["per_group"]) and again["avg_acc"] == pytest.approx(
+        report["avg_acc"])
+    fresh = json.loads((run / "fresh_test.json").read_text())["metrics"]
+    assert fresh["n"] == 4 * len(own) and set(fresh["per_group"]) == set(report["per_group"])
 
 
 def test_the_core_config_runs_are_the_default_configs_own(tmp_path):

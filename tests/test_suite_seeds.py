@@ -65,6 +65,10 @@ def test_overlapping_seeds_or_other_worlds_are_refused():
     other["worlds"] = [dict(WORLDS[0], seed=99), WORLDS[1]]
     with pytest.raises(ValueError, match="different worlds"):
         pool([a, other])
+    fresh = _result([1], ["none", "failure_diffusion"], 0.2, 0.5, 1.0, 1.0, 0.9)
+    fresh["settings"]["test_split"] = {"name": "fresh_test", "factor": 4, "seed_offset": 7919}
+    with pytest.raises(ValueError, match="different test splits"):
+        pool([a, fresh])
 
 
 def test_the_command_writes_the_pooled_tables(tmp_path, monkeypatch):
