@@ -44,9 +44,9 @@ from blindspot.world.suite import SuiteWorld
 from blindspot.world.spec import WorldSpec
 
 from .common import table_cell
+from .compare import SLOW_FIRST, git_commit, images_added, overrides_for
 from .fresh_test import SEED_OFFSET, fresh_metrics, fresh_split
 from .fresh_test import SPLIT as FRESH
-from .compare import SLOW_FIRST, git_commit, images_added, overrides_for
 from .planted import slice_accuracy, slice_mean, world_spec_and_default
 from .runs import claimed, composed_config, finished_report, is_current, reusable_report
 
@@ -294,13 +294,12 @@ def run_all(jobs: list[Job], workers: int) -> tuple[dict[tuple[str, str, int], s
 def add_fresh_tests(jobs: list[Job], finished: list[dict | None], worlds: list[SuiteWorld], spec: WorldSpec,
                     factor: int) -> None:
     """Score every finished run on its world's fresh test split (fresh_test.py): `report["metrics"]["fresh_test"]`."""
-    cache_dir = ROOT / ".cache" / "world"
-    by_name = {w.name: w for w in worlds}
+    cache_dir = ROOT / ".cache" / "world"  # where the runs' own splits are cached (conf/paths, conf/data/world.yaml)
     for w in worlds:
         done = [(j, r) for j, r in zip(jobs, finished) if j.world == w.name and r is not None]
         if not done:
             continue
-        split = fresh_split(by_name[w.name], spec, factor, cache_dir)
+        split = fresh_split(w, spec, factor, cache_dir)  # the world's, not its ceiling's: one split for every method
         print(f"[suite] fresh test of {w.name}: {len(split)} images, {len(done)} run(s)", flush=True)
         for job, report in done:
             metrics = fresh_metrics(job.out, split)
