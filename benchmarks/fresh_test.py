@@ -46,9 +46,9 @@ def fresh_metrics(run_dir: Path, split: WorldSplit) -> dict | None:
     ckpt = last_checkpoint(run_dir)
     if not ckpt.exists():
         return None
-    stat = ckpt.resolve().stat()
-    key = {"split": split.fingerprint, "checkpoint": ckpt.resolve().name, "size": stat.st_size,
-           "mtime": stat.st_mtime}
+    target = ckpt.resolve()  # last.ckpt links to the newest epoch: key by that file
+    stat = target.stat()
+    key = {"split": split.fingerprint, "checkpoint": target.name, "size": stat.st_size, "mtime": stat.st_mtime}
     cache = run_dir / "fresh_test.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())

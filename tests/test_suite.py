@@ -261,10 +261,11 @@ def test_quick_suite_runs_the_default_world_end_to_end(tmp_path):
     # the fresh test scores a run's checkpoint as its own test did: on the run's own test split it gives its report
     from benchmarks.common import checkpoint_classifier
     from benchmarks.fresh_test import split_metrics
+    from blindspot.runtime import last_checkpoint
     run = Path(result["runs"]["folders"]["default/failure_diffusion/seed0"])
     own = hydra.utils.instantiate(OmegaConf.load(run / ".hydra" / "config.yaml").data, _convert_="all").split("test")
     report = json.loads((run / "report" / "report.json").read_text())["metrics"]["test"]
-    again = split_metrics(checkpoint_classifier(run / "checkpoints" / "last.ckpt")(own.images), own)
+    again = split_metrics(checkpoint_classifier(last_checkpoint(run))(own.images), own)
     assert again["per_group"] == pytest.approx(report["per_group"]) and again["avg_acc"] == pytest.approx(
         report["avg_acc"])
     fresh = json.loads((run / "fresh_test.json").read_text())["metrics"]
