@@ -117,15 +117,16 @@ def planted_mode(modes, planted: dict, val_groups: torch.Tensor, group_names: li
     return None, None
 
 
-def caption_with(vocabulary, modes, clip, emb, labels, planted, val_groups, group_names, top_k: int) -> dict:
-    """Caption copies of the modes with one vocabulary; what happened to the planted slice's mode."""
+def caption_with(vocabulary, modes, clip, emb, labels, preds, planted, val_groups, group_names, settings: dict) -> dict:
+    """Caption copies of the modes with one vocabulary (the headline's captioner `settings`); what happened to the
+    planted slice's mode."""
     from blindspot.captioning import Captioner
     from blindspot.groundtruth import score_discovery
 
     modes = copy.deepcopy(modes)
-    captioner = Captioner(vocabulary, top_k=top_k)
+    captioner = Captioner(vocabulary, **settings)
     start = time.perf_counter()
-    captioner(modes, clip.encode_texts, emb, labels)
+    captioner(modes, clip.encode_texts, emb, labels, preds)
     seconds = time.perf_counter() - start
     rank, mode = planted_mode(modes, planted, val_groups, group_names)
     row = {"phrases": len(vocabulary), "duplicates_dropped": vocabulary.duplicates_dropped,
@@ -133,7 +134,7 @@ def caption_with(vocabulary, modes, clip, emb, labels, planted, val_groups, grou
            "star_mode_rank": rank, "top3": None, "top_names_value": False, "top_is_world_phrase": False,
            "world_phrase_rank": None, "score_discovery": score_discovery(modes, [planted], val_groups, group_names)}
     if mode is not None:
-        ranking = captioner.rank(mode, clip.encode_texts, emb, labels)
+        ranking = captioner.rank(mode, clip.encode_texts, emb, labels, preds)
         row["top3"] = [[c, round(s, 4)] for c, s in mode.captions[:3]]
         row["top_names_value"] = planted["value"].lower() in mode.caption.lower()  # groundtruth's caption hit
         row["top_is_world_phrase"] = mode.caption == WORLD_PHRASE
@@ -181,11 +182,12 @@ def run_seed(seed: int, quick: bool, scratch: Path, epochs: int) -> dict:
                [dm.group_names.index(n) for n in planted["groups"]]))].float().mean()),
            "modes_found": len(all_modes), "star_mode_rank_among_all": rank_all, "max_modes": max_modes,
            "mode_classes": [m.class_name for m in modes], "vocabularies": {}}
-    top_k = int(headline_setting(cfg, "loop.captioner.top_k", "augment.captioner.top_k"))
+    settings = {"top_k": int(headline_setting(cfg, "loop.captioner.top_k", "augment.captioner.top_k")),
+                "target": cfg.loop.captioner.target, "shared_errors": cfg.loop.captioner.shared_errors}
     for name in VOCABULARIES:
         vocab = instantiate(compose([f"seed={seed}", f"vocabulary={name}"], run_dir).vocabulary)
-        out["vocabularies"][name] = caption_with(vocab, modes, clip, emb, labels, planted, groups, dm.group_names,
-                                                 top_k)
+        out["vocabularies"][name] = caption_with(vocab, modes, clip, emb, labels, preds, planted, groups,
+                                                 dm.group_names, settings)
     return out
 
 

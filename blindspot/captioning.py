@@ -5,7 +5,9 @@ shipped general one, blindspot/vocabularies/general.yaml; a user's YAML or text 
 optional proposer callable adds more per mode, e.g. `blindspot.proposers.LLMProposer`). A candidate's score is
 the cosine between (text(candidate) - text(bare class)) and a target in CLIP space (`target`): the mode's failure
 direction (Jain et al. 2022; the default), the slice's mean image embedding minus the class's (Chegini & Feizi 2023
-style; also used when a mode has no direction), or the two summed.
+style; also used when a mode has no direction), or the two summed. With `shared_errors="remove"` the target first
+loses its component along what the other classes' errors share (their error-minus-correct mean, e.g. "small" when
+small shapes fail in every class), so a caption says what is specific to the mode rather than what makes any image hard.
 """
 
 from __future__ import annotations
@@ -198,18 +200,39 @@ def world_vocabulary(backgrounds: Sequence[str], colors: Sequence[str], sizes: S
     )
 
 
+def shared_error_direction(embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, exclude: int,
+                           min_each: int = 3) -> torch.Tensor | None:
+    """What errors share across classes: the mean over the other classes of (error mean - correct mean), unit length.
+
+    Classes with fewer than `min_each` errors or correct samples are left out; None if none is left."""
+    deltas = []
+    for c in labels.unique().tolist():
+        if c == exclude:
+            continue
+        inside = labels == c
+        wrong, right = inside & (preds != labels), inside & (preds == labels)
+        if int(wrong.sum()) >= min_each and int(right.sum()) >= min_each:
+            e = embeddings.float()
+            deltas.append(F.normalize(e[wrong].mean(0) - e[right].mean(0), dim=-1))
+    return F.normalize(torch.stack(deltas).mean(0), dim=-1) if deltas else None
+
+
 class Captioner:
     """Ranks a vocabulary's candidate captions for each failure mode by CLIP alignment."""
 
     TARGETS = ("direction", "members", "both")
+    SHARED = ("keep", "remove")
 
     def __init__(self, vocabulary: Vocabulary, top_k: int = 3, proposer: Proposer | None = None,
-                 target: str = "direction"):
+                 target: str = "direction", shared_errors: str = "keep"):
         if top_k < 1:
             raise ValueError(f"captioner top_k={top_k}: must be >= 1")
         if target not in self.TARGETS:
             raise ValueError(f"loop.captioner.target={target!r}: must be one of {', '.join(self.TARGETS)}")
+        if shared_errors not in self.SHARED:
+            raise ValueError(f"loop.captioner.shared_errors={shared_errors!r}: must be one of {', '.join(self.SHARED)}")
         self.vocabulary, self.top_k, self.proposer, self.target_kind = vocabulary, top_k, proposer, target
+        self.shared_errors = shared_errors
         self._cache: dict[str, torch.Tensor] = {}
 
     def _embed(self, encode_texts: Callable[[list[str]], torch.Tensor], texts: list[str]) -> torch.Tensor:
@@ -227,9 +250,25 @@ class Captioner:
             texts = [v.phrase(cls, attribute, value, t) for t in v.templates]
         return F.normalize(self._embed(encode_texts, texts).mean(0), dim=-1)
 
-    def target(self, mode: FailureMode, embeddings: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
-        """The direction captions should align with: the mode's failure direction, its members' mean minus its
-        class's mean (what the members share), or both summed (`target`; members when a mode has no direction)."""
+    def target(self, mode: FailureMode, embeddings: torch.Tensor | None, labels: torch.Tensor | None,
+               preds: torch.Tensor | None = None) -> torch.Tensor:
+        """The direction captions align with (`target`), less what other classes' errors share (`shared_errors`)."""
+        target = self._target(mode, embeddings, labels)
+        if self.shared_errors == "keep":
+            return target
+        if embeddings is None or labels is None or preds is None:
+            raise ValueError("loop.captioner.shared_errors=remove needs the validation embeddings, labels and "
+                             "predictions (or set it to keep)")
+        shared = shared_error_direction(embeddings, labels, preds, exclude=mode.class_index)
+        if shared is None:
+            return target
+        overlap = float(target @ shared)
+        mode.extra["shared_error_overlap"] = overlap  # the cosine taken out: how much of the mode any class shares
+        return F.normalize(target - overlap * shared, dim=-1)
+
+    def _target(self, mode: FailureMode, embeddings: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
+        """The mode's failure direction, its members' mean minus its class's mean (what the members share), or both
+        summed (`target`; members when a mode has no direction)."""
         direction = None
         if mode.direction is not None:
             direction = F.normalize(torch.tensor(mode.direction, dtype=torch.float32), dim=-1)
@@ -259,7 +298,8 @@ class Captioner:
         return out
 
     def rank(self, mode: FailureMode, encode_texts: Callable[[list[str]], torch.Tensor],
-             embeddings: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> list[tuple[str, float]]:
+             embeddings: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+             preds: torch.Tensor | None = None) -> list[tuple[str, float]]:
         """All candidate captions of a mode with scores, best first.
 
         With a proposer, it is called after the vocabulary is ranked, with `mode.captions` holding the top-k of
@@ -267,7 +307,7 @@ class Captioner:
         worded with the vocabulary's templates. Proposals already among the candidates are counted in
         `mode.extra["proposer"]["already_candidates"]`."""
         cls = mode.class_name
-        direction = self.target(mode, embeddings, labels)
+        direction = self.target(mode, embeddings, labels, preds)
         reference = self._ensemble(encode_texts, cls, None, None)
         scored = self._score(encode_texts, cls, [(a, val) for a, vals in self.vocabulary.attributes.items()
                                                  for val in vals], direction, reference)
@@ -291,10 +331,11 @@ class Captioner:
         return scored
 
     def __call__(self, modes: list[FailureMode], encode_texts: Callable[[list[str]], torch.Tensor],
-                 embeddings: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> list[FailureMode]:
+                 embeddings: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 preds: torch.Tensor | None = None) -> list[FailureMode]:
         """Attach the top-k captions (with scores) to every mode; returns the same modes."""
         for mode in modes:
-            mode.captions = self.rank(mode, encode_texts, embeddings, labels)[: self.top_k]
+            mode.captions = self.rank(mode, encode_texts, embeddings, labels, preds)[: self.top_k]
             log.info("mode %s (%s, %d samples, error %.0f%% vs %.0f%%): %s", mode.mode_id, mode.class_name,
                      mode.support, 100 * mode.error_rate, 100 * mode.class_error_rate,
                      "; ".join(f"{c!r} {s:.2f}" for c, s in mode.captions))

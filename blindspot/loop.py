@@ -144,7 +144,7 @@ class FailureLoop:
             m.set_confusions(preds, labels, list(class_names))
         seconds["discover"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.captioner(modes, self.clip.encode_texts, embeddings, labels)
+        self.captioner(modes, self.clip.encode_texts, embeddings, labels, preds)
         seconds["caption"] = time.perf_counter() - t0
         return modes, seconds
 

@@ -74,6 +74,41 @@ def test_the_target_setting_chooses_direction_members_or_both():
                                            bag_of_words)
 
 
+def _small_everywhere(small_in_other_classes: bool):
+    """Three classes; class 0's mode leans to 'small' and 'night'; the other classes' errors are small or not."""
+    g = torch.Generator().manual_seed(1)
+    emb = F.normalize(torch.randn(90, DIM, generator=g), dim=-1)
+    labels = torch.arange(3).repeat_interleave(30)
+    preds = labels.clone()
+    small = F.normalize(bag_of_words(["a photo of a small star"])[0] - bag_of_words(["a photo of a star"])[0], dim=-1)
+    night = F.normalize(bag_of_words(["in the night sky"])[0] - bag_of_words(["a photo of a star"])[0], dim=-1)
+    for c in (1, 2):  # ten errors in each other class
+        wrong = torch.arange(30 * c, 30 * c + 10)
+        preds[wrong] = (c + 1) % 3
+        if small_in_other_classes:
+            emb[wrong] = F.normalize(emb[wrong] + 3 * small, dim=-1)
+    direction = F.normalize(0.7 * small + 0.3 * night, dim=-1).tolist()
+    return FailureMode(0, "star", list(range(5)), 0.9, 0.2, 1.0, mode_id="m", direction=direction), emb, labels, preds
+
+
+def test_removing_shared_errors_names_what_is_specific_to_the_mode():
+    """'small' fails in every class: removed, the mode's own cue (night) names it; where only this mode fails on
+    small things, small stays."""
+    vocab = world_vocabulary(["grass", "night"], ["red", "yellow"], ["small", "large"])
+    for small_elsewhere, expected in ((True, "a photo of a star in the night sky"), (False, "a photo of a small star")):
+        mode, emb, labels, preds = _small_everywhere(small_elsewhere)
+        Captioner(vocab, shared_errors="remove")([mode], bag_of_words, emb, labels, preds)
+        assert mode.caption == expected
+        assert (mode.extra["shared_error_overlap"] > 0.5) == small_elsewhere
+    mode, emb, labels, preds = _small_everywhere(True)
+    Captioner(vocab)([mode], bag_of_words, emb, labels, preds)
+    assert mode.caption == "a photo of a small star"  # keep (the default): the direction as it is
+    with pytest.raises(ValueError, match="shared_errors=remove needs the validation embeddings, labels and predictions"):
+        Captioner(vocab, shared_errors="remove")([mode], bag_of_words, emb, labels)
+    with pytest.raises(ValueError, match="loop.captioner.shared_errors"):
+        Captioner(vocab, shared_errors="drop")
+
+
 def test_a_proposer_adds_candidates():
     vocab = Vocabulary({"background": ["on grass"]})
     mode = FailureMode(0, "cow", [0], 1.0, 0.1, 1.0, direction=bag_of_words(["beach"])[0].tolist())
