@@ -688,10 +688,12 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
     with_images = any(m.get("images_planned") is not None or m.get("images_kept") is not None for m in modes)
     with_slice = any(_dict(m.get("test_slice")) for m in modes)
     with_coverage = any(_num(_dict(m.get("extra")).get("train_coverage")) is not None for m in modes)
+    with_shared = any(_num(_dict(m.get("extra")).get("shared_error_overlap")) is not None for m in modes)
     headers = ["Mode", "Caption (score)", "Support", "Error (class)", "Val acc before → after"]  # ids name the class
     headers += ["Test slice n", "Test slice acc before → after [95% interval]"] * with_slice  # fixed or not, first
     headers += ["Majority group: acc before → after"] * with_group + ["Images kept / planned"] * with_images
     headers += ["Training coverage (slice score → rank score)"] * with_coverage
+    headers += ["Shared with other classes' errors (removed before captioning)"] * with_shared
     rows = []
     for m in modes:
         caption, score = _top_caption(m)
@@ -714,6 +716,9 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
             cover, slice_score = _num(extra.get("train_coverage")), _num(extra.get("slice_score"))
             row.append(MISSING if cover is None else f"{cover:.2f}" + (
                 f" ({_score(slice_score)} → {_score(m.get('score'))})" if slice_score is not None else ""))
+        if with_shared:
+            shared = _num(_dict(m.get("extra")).get("shared_error_overlap"))
+            row.append(MISSING if shared is None else f"{shared:.2f}")
         rows.append(row)
     return Table(headers, rows)
 

@@ -328,6 +328,13 @@ def test_modes_ranked_by_training_coverage_show_it_beside_both_scores():
     assert "Training coverage" not in render_markdown({"rounds": [{"epoch": 4, "modes": [_mode("m", "a", 1, [1])]}]})
 
 
+def test_the_error_cue_shared_with_other_classes_is_shown_per_mode():
+    mode = _mode("r0-circle-0", "a circle on grass", 0.5, [1], extra={"shared_error_overlap": 0.61})
+    md = render_markdown({"rounds": [{"epoch": 4, "modes": [mode, _mode("r0-star-0", "a star", 0.5, [3])]}]})
+    assert "Shared with other classes' errors (removed before captioning)" in md and "| 0.61 |" in md
+    assert "Shared with other" not in render_markdown({"rounds": [{"epoch": 4, "modes": [_mode("m", "a", 1, [1])]}]})
+
+
 def test_a_failing_chart_is_skipped_not_fatal(tmp_path, monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise RuntimeError("no fonts")
