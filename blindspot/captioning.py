@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .discovery.shared_errors import shared_error_direction
 from .modes import FailureMode
 
 log = logging.getLogger(__name__)
@@ -198,23 +199,6 @@ def world_vocabulary(backgrounds: Sequence[str], colors: Sequence[str], sizes: S
         reference_templates=["a photo of a {cls}", "a {cls}", "a picture of a {cls}"],
         prefix_attributes=("color", "size"),
     )
-
-
-def shared_error_direction(embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, exclude: int,
-                           min_each: int = 3) -> torch.Tensor | None:
-    """What errors share across classes: the mean over the other classes of (error mean - correct mean), unit length.
-
-    Classes with fewer than `min_each` errors or correct samples are left out; None if none is left."""
-    deltas = []
-    for c in labels.unique().tolist():
-        if c == exclude:
-            continue
-        inside = labels == c
-        wrong, right = inside & (preds != labels), inside & (preds == labels)
-        if int(wrong.sum()) >= min_each and int(right.sum()) >= min_each:
-            e = embeddings.float()
-            deltas.append(F.normalize(e[wrong].mean(0) - e[right].mean(0), dim=-1))
-    return F.normalize(torch.stack(deltas).mean(0), dim=-1) if deltas else None
 
 
 class Captioner:

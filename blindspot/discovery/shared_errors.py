@@ -1,0 +1,45 @@
+"""The error cue classes share: what makes any image hard (e.g. small shapes), as opposed to one class's blind spot."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def class_error_deltas(embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+                       min_each: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, the unit (error mean - correct mean) [C, d], and which classes have >= `min_each` of both."""
+    e, labels = embeddings.float(), labels.long()
+    wrong = (preds != labels).float()
+    n_cls = int(labels.max()) + 1 if len(labels) else 0
+    sums = {w: torch.zeros(n_cls, e.shape[1], device=e.device).index_add_(0, labels, e * m.unsqueeze(1))
+            for w, m in ((1, wrong), (0, 1 - wrong))}
+    counts = {1: torch.bincount(labels, weights=wrong, minlength=n_cls),
+              0: torch.bincount(labels, weights=1 - wrong, minlength=n_cls)}
+    valid = (counts[1] >= min_each) & (counts[0] >= min_each)
+    delta = sums[1] / counts[1].clamp(min=1).unsqueeze(1) - sums[0] / counts[0].clamp(min=1).unsqueeze(1)
+    return F.normalize(delta, dim=-1) * valid.unsqueeze(1), valid
+
+
+def shared_error_direction(embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, exclude: int,
+                           min_each: int = 3) -> torch.Tensor | None:
+    """What errors share across classes: the mean over the other classes of (error mean - correct mean), unit length.
+
+    Classes with fewer than `min_each` errors or correct samples are left out; None if none is left."""
+    deltas, valid = class_error_deltas(embeddings, labels, preds, min_each)
+    if exclude < len(valid):
+        valid = valid.clone()
+        valid[exclude] = False
+    return F.normalize(deltas[valid].mean(0), dim=-1) if bool(valid.any()) else None
+
+
+def without_shared_errors(embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+                          min_each: int = 3) -> torch.Tensor:
+    """Each sample's embedding less its component along the error cue the *other* classes share, re-normalised."""
+    deltas, valid = class_error_deltas(embeddings, labels, preds, min_each)
+    others = deltas.sum(0, keepdim=True) - deltas  # [C, d]: every class's sum over the other valid classes
+    n_others = valid.sum() - valid.long()
+    shared = F.normalize(others, dim=-1) * (n_others > 0).unsqueeze(1)  # zero where no other class has errors
+    x = embeddings.float()
+    s = shared[labels.long()]
+    return F.normalize(x - (x * s).sum(1, keepdim=True) * s, dim=-1)
