@@ -206,3 +206,19 @@ def test_apply_filters_reports_the_first_rejecting_filter():
     assert keep.tolist() == [False, False, True, True]
     assert rejected_by == ["classifier", "degenerate", None, None]
     assert scores["target_prob"][1] is None and scores["target_prob"][0] == pytest.approx(0.99)
+
+
+def test_the_shared_error_direction_leaves_out_the_class_and_classes_with_too_few_errors():
+    from blindspot.discovery.shared_errors import shared_error_direction
+
+    labels = torch.arange(3).repeat_interleave(6)
+    wrong = torch.tensor([True, True, True, False, False, False] * 3)
+    emb = torch.where(wrong.unsqueeze(1), torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0]))
+    emb[labels == 0] = torch.tensor([0, 0, 1.0])  # class 0 fails elsewhere: it must not count for itself
+    preds = torch.where(wrong, (labels + 1) % 3, labels)
+    expected = F.normalize(torch.tensor([1.0, -1.0, 0]), dim=0)
+    assert torch.allclose(shared_error_direction(emb, labels, preds, exclude=0), expected)
+    preds[labels == 2] = 2  # class 2 no longer fails: only class 1 is left
+    assert torch.allclose(shared_error_direction(emb, labels, preds, exclude=0), expected)
+    preds[labels == 0] = 0
+    assert shared_error_direction(emb, labels, preds, exclude=1) is None  # no other class has errors left

@@ -388,35 +388,3 @@ def test_coverage_ranks_a_slice_training_never_shows_below_one_it_shows_often():
     assert uncovered < 0.02 and 0.25 < covered < 0.75
     with pytest.raises(ValueError, match="k must be"):
         train_coverage([], val, train, train_labels, k=0)
-
-
-def _shared_cue_world(seed: int = 0, dim: int = 32, n: int = 200):
-    """Four classes whose errors all lean along `small`; class 0 also fails on its own blind spot along `grass`."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.nn.functional.normalize(torch.randn(4, dim, generator=g), dim=1)
-    small, grass = torch.nn.functional.normalize(torch.randn(2, dim, generator=g), dim=1)
-    labels = torch.arange(4).repeat_interleave(n)
-    r = torch.rand(len(labels), generator=g)
-    is_small, on_grass = r < 0.3, (r > 0.85) & (labels == 0)
-    x = means[labels] + 0.3 * torch.randn(len(labels), dim, generator=g) / math.sqrt(dim)
-    x = torch.nn.functional.normalize(x + 0.25 * is_small.unsqueeze(1) * small + 0.25 * on_grass.unsqueeze(1) * grass,
-                                      dim=1)
-    wrong = (is_small & (torch.rand(len(labels), generator=g) < 0.5)) | on_grass
-    return x, labels, torch.where(wrong, (labels + 1) % 4, labels), small, grass, on_grass
-
-
-def test_removing_the_shared_error_cue_finds_the_class_own_blind_spot():
-    from blindspot.discovery.shared_errors import shared_error_direction, without_shared_errors
-
-    x, labels, preds, small, grass, on_grass = _shared_cue_world()
-    shared = shared_error_direction(x, labels, preds, exclude=0)
-    assert float(shared @ small) > 0.8  # the other classes' errors share "small"
-    assert float((without_shared_errors(x, labels, preds)[labels == 0] @ shared).abs().max()) < 1e-5
-    names = ["cow", "bird", "truck", "boat"]
-    keep = next(m for m in FailureDirections()(x, labels, preds, names) if m.class_index == 0)
-    remove = next(m for m in FailureDirections(shared_errors="remove")(x, labels, preds, names) if m.class_index == 0)
-    cos = [float(torch.tensor(m.direction) @ grass) for m in (keep, remove)]
-    share = [float(on_grass[m.members].float().mean()) for m in (keep, remove)]
-    assert cos[1] > cos[0] + 0.1 and share[1] > share[0]  # the grass blind spot, not the small shapes every class fails
-    with pytest.raises(ValueError, match="discovery.shared_errors"):
-        FailureDirections(shared_errors="drop")

@@ -18,7 +18,6 @@ import torch
 
 from blindspot.discovery.scoring import (best_prefix, check_common_knobs, check_max_modes_per_class,
                                         check_slice_score, ClassBatch, Discovery)
-from blindspot.discovery.shared_errors import without_shared_errors
 from blindspot.discovery.svm import linear_svm
 from blindspot.modes import FailureMode
 
@@ -63,7 +62,6 @@ class FailureDirections(Discovery):
         max_iter: int = 50,
         max_batch_bytes: int = 2**30,
         seed: int = 0,
-        shared_errors: str = "keep",
     ):
         """Cs: SVM C grid (LinearSVC's convention, class_weight="balanced", features L2-normalised).
         cv_folds: stratified folds choosing C (0 = none; then Cs must hold one value).
@@ -80,12 +78,7 @@ class FailureDirections(Discovery):
         cross_fitted_slices: rank samples by out-of-fold SVM scores, so a slice is not made of the very errors
             the SVM was trained on (needs cv_folds >= 2); False ranks by the final SVM.
         tol / max_iter: solver stopping rule (relative gradient norm) and Newton iteration cap.
-        max_batch_bytes: memory for one padded batch of classes. seed: fold assignment.
-        shared_errors: "remove" fits each class's SVM on embeddings without the error cue the other classes share
-            (`shared_errors.without_shared_errors`), so its direction is the class's own blind spot; "keep": as is."""
-        if shared_errors not in ("keep", "remove"):
-            raise ValueError(f"discovery.shared_errors={shared_errors!r}: must be keep or remove")
-        self.shared_errors = shared_errors
+        max_batch_bytes: memory for one padded batch of classes. seed: fold assignment."""
         Cs = tuple(float(c) for c in Cs)
         if not Cs or any(not math.isfinite(c) or c <= 0 for c in Cs):
             raise ValueError(f"Cs must be a non-empty sequence of positive numbers, got {Cs!r}")
@@ -124,8 +117,6 @@ class FailureDirections(Discovery):
             class_names: Sequence[str]) -> "FailureDirections":
         """Fit one failure direction per eligible class; sets `directions_` and `modes_`."""
         self.directions_ = {}
-        if self.shared_errors == "remove":
-            embeddings = without_shared_errors(embeddings, torch.as_tensor(labels), torch.as_tensor(preds))
         return super().fit(embeddings, labels, preds, class_names)
 
     def _eligible(self, counts: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:

@@ -31,15 +31,3 @@ def shared_error_direction(embeddings: torch.Tensor, labels: torch.Tensor, preds
         valid = valid.clone()
         valid[exclude] = False
     return F.normalize(deltas[valid].mean(0), dim=-1) if bool(valid.any()) else None
-
-
-def without_shared_errors(embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
-                          min_each: int = 3) -> torch.Tensor:
-    """Each sample's embedding less its component along the error cue the *other* classes share, re-normalised."""
-    deltas, valid = class_error_deltas(embeddings, labels, preds, min_each)
-    others = deltas.sum(0, keepdim=True) - deltas  # [C, d]: every class's sum over the other valid classes
-    n_others = valid.sum() - valid.long()
-    shared = F.normalize(others, dim=-1) * (n_others > 0).unsqueeze(1)  # zero where no other class has errors
-    x = embeddings.float()
-    s = shared[labels.long()]
-    return F.normalize(x - (x * s).sum(1, keepdim=True) * s, dim=-1)
