@@ -4,8 +4,8 @@ Candidates are templates x attribute values from a vocabulary (the world brings 
 shipped general one, blindspot/vocabularies/general.yaml; a user's YAML or text file replaces or extends it; an
 optional proposer callable adds more per mode, e.g. `blindspot.proposers.LLMProposer`). A candidate's score is
 the cosine between (text(candidate) - text(bare class)) and a target in CLIP space (`target`): the mode's failure
-direction (Jain et al. 2022; the default), the slice's mean image embedding minus the class's (Chegini & Feizi 2023
-style; also used when a mode has no direction), or the two summed. With `shared_errors="remove"` the target first
+direction (Jain et al. 2022; this class's default), the slice's mean image embedding minus the class's (Chegini &
+Feizi 2023 style; also used when a mode has no direction; the loop's default, conf/loop), or the two summed. With `shared_errors="remove"` the target first
 loses its component along what the other classes' errors share (their error-minus-correct mean, e.g. "small" when
 small shapes fail in every class), so a caption says what is specific to the mode rather than what makes any image hard.
 """
