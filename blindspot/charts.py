@@ -112,13 +112,14 @@ def curves_chart(series: Sequence[tuple[str, Sequence[tuple[float, float | None]
     drawn = [(label, pts, c) for label, pts, c in drawn if any(y is not None for _, y in pts)]
     if not drawn:
         return None
-    fig = _figure(2.8 + 0.17 * math.ceil(len(drawn) / _legend_columns(len(drawn))))
+    columns = _legend_columns(len(drawn))
+    fig = _figure(2.8 + 0.17 * math.ceil(len(drawn) / columns))
     ax = fig.add_subplot()
     xs: list[float] = []
     for label, pts, color in drawn:
         pts = sorted(pts)
         ax.plot([x for x, _ in pts], [math.nan if y is None else y for _, y in pts], marker="o", markersize=3.5,
-                linewidth=1.8, color=color, label=_short(label, 60))
+                linewidth=1.8, color=color, label=_short(label, 60 if columns == 1 else 42))  # fits the width
         xs += [x for x, _ in pts]
     xs += [x for x, _ in rounds]
     _mark_rounds(ax, rounds)
@@ -126,7 +127,7 @@ def curves_chart(series: Sequence[tuple[str, Sequence[tuple[float, float | None]
     _epoch_axis(ax, xs)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=9.5, loc="left")
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=_legend_columns(len(drawn)),
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=columns,
                fontsize=7.5, frameon=False)  # under the plot: it hides no curve
     return save_figure(fig, path)
 
