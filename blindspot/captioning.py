@@ -236,7 +236,8 @@ class Captioner:
 
     def target(self, mode: FailureMode, embeddings: torch.Tensor | None, labels: torch.Tensor | None,
                preds: torch.Tensor | None = None) -> torch.Tensor:
-        """The direction captions align with (`target`), less what other classes' errors share (`shared_errors`)."""
+        """The direction captions align with (`target`), less what other classes' errors share (`shared_errors`;
+        the cosine taken out is recorded in `mode.extra["shared_error_overlap"]`)."""
         target = self._target(mode, embeddings, labels)
         if self.shared_errors == "keep":
             return target

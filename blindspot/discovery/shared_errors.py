@@ -10,14 +10,14 @@ def class_error_deltas(embeddings: torch.Tensor, labels: torch.Tensor, preds: to
                        min_each: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class, the unit (error mean - correct mean) [C, d], and which classes have >= `min_each` of both."""
     e, labels = embeddings.float(), labels.long()
-    wrong = (preds != labels).float()
+    wrong = preds != labels
     n_cls = int(labels.max()) + 1 if len(labels) else 0
-    sums = {w: torch.zeros(n_cls, e.shape[1], device=e.device).index_add_(0, labels, e * m.unsqueeze(1))
-            for w, m in ((1, wrong), (0, 1 - wrong))}
-    counts = {1: torch.bincount(labels, weights=wrong, minlength=n_cls),
-              0: torch.bincount(labels, weights=1 - wrong, minlength=n_cls)}
-    valid = (counts[1] >= min_each) & (counts[0] >= min_each)
-    delta = sums[1] / counts[1].clamp(min=1).unsqueeze(1) - sums[0] / counts[0].clamp(min=1).unsqueeze(1)
+    total = torch.zeros(n_cls, e.shape[1], device=e.device).index_add_(0, labels, e)
+    err_sum = torch.zeros_like(total).index_add_(0, labels[wrong], e[wrong])  # copies the error rows only
+    n_err = torch.bincount(labels[wrong], minlength=n_cls).float()
+    n_right = torch.bincount(labels, minlength=n_cls).float() - n_err
+    valid = (n_err >= min_each) & (n_right >= min_each)
+    delta = err_sum / n_err.clamp(min=1).unsqueeze(1) - (total - err_sum) / n_right.clamp(min=1).unsqueeze(1)
     return F.normalize(delta, dim=-1) * valid.unsqueeze(1), valid
 
 
