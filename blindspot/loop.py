@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .clip import ClipModel
-from .discovery.coverage import train_coverage
+from .discovery.coverage import train_coverage, uncovered_members
 from .embedding import embed_dataset
 from .modes import FailureMode
 from .remedies.base import Remedy, RemedyContext, RemedyResult
@@ -69,11 +69,17 @@ class FailureLoop:
     images barely reach (a blind spot more data can fix) outranks an equally failed slice that they cover well (a
     hard group), and, since remedies split their budget by score, it also gets more of the round's images.
     It is conf/loop's default; the constructor's is "score", which needs no training embeddings.
+
+    `trim_covered=q` then cuts each mode down to its members that training covers less than a share q of the
+    class's training images cover each other, when at least the discovery's `min_support` of them are left: a slice
+    that mixes a blind spot with a hard group the training images reach (e.g. circles on grass, never seen, with
+    circles on brick, hard everywhere) keeps the blind spot. None keeps every member.
     """
 
     def __init__(self, discovery: Callable, captioner: Callable, clip: ClipModel, remedy: Remedy | None = None,
                  start_epoch: int = 1, every_n_epochs: int = 1, max_rounds: int = 1, max_modes: int = 4,
-                 rank_by: str = "score", coverage_k: int = 5, cache_dir: str | None = None, progress: bool = True):
+                 rank_by: str = "score", coverage_k: int = 5, trim_covered: float | None = None,
+                 cache_dir: str | None = None, progress: bool = True):
         if every_n_epochs < 1 or start_epoch < 0 or max_rounds < 0 or max_modes < 1:
             raise ValueError("loop needs every_n_epochs >= 1, start_epoch >= 0, max_rounds >= 0, max_modes >= 1 "
                              "(loop.every_n_epochs, loop.start_epoch, loop.max_rounds, loop.max_modes)")
@@ -82,9 +88,11 @@ class FailureLoop:
         if coverage_k < 1:
             raise ValueError(f"loop.coverage_k must be >= 1 (the training neighbour that measures coverage), got "
                              f"{coverage_k!r}")
+        if trim_covered is not None and not 0.0 < trim_covered <= 1.0:
+            raise ValueError(f"loop.trim_covered={trim_covered!r}: a share in (0, 1], or null to keep every member")
         self.discovery, self.captioner, self.clip, self.remedy = discovery, captioner, clip, remedy
         self.start_epoch, self.every_n_epochs, self.max_rounds = start_epoch, every_n_epochs, max_rounds
-        self.max_modes, self.rank_by, self.coverage_k = max_modes, rank_by, coverage_k
+        self.max_modes, self.rank_by, self.coverage_k, self.trim_covered = max_modes, rank_by, coverage_k, trim_covered
         self.cache_dir, self.progress = cache_dir, progress
         self.rounds: list[Round] = []
         self.mode_accuracy: dict[str, list[dict]] = {}  # mode id -> [{"epoch", "acc"}] on its validation members
@@ -127,7 +135,7 @@ class FailureLoop:
     @property
     def needs_train_embeddings(self) -> bool:
         """Whether `discover` needs the training split's embeddings (to rank by training coverage)."""
-        return self.rank_by == "uncovered"
+        return self.rank_by == "uncovered" or self.trim_covered is not None
 
     def discover(self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
                  class_names: Sequence[str], train: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -139,6 +147,8 @@ class FailureLoop:
         modes = self.discovery(embeddings, labels, preds, list(class_names))
         if self.rank_by == "uncovered":
             modes = self.rank_by_coverage(modes, embeddings, train)
+        if self.trim_covered is not None:  # after ranking: a hard group's few uncovered members must not lift it
+            self.trim_to_uncovered(modes, embeddings, labels, preds, train)
         modes = modes[: self.max_modes]
         for m in modes:
             m.set_confusions(preds, labels, list(class_names))
@@ -159,6 +169,20 @@ class FailureLoop:
             m.extra.update(slice_score=m.score, train_coverage=cover)
             m.score = m.score * (1.0 - cover)
         return sorted(modes, key=lambda m: -m.score)
+
+    def trim_to_uncovered(self, modes: list[FailureMode], embeddings: torch.Tensor, labels: torch.Tensor,
+                          preds: torch.Tensor, train: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Cut each mode to its members training covers less than `trim_covered` (if enough are left); in place."""
+        if train is None:
+            raise ValueError("loop.trim_covered needs the training split's CLIP embeddings (the datamodule's "
+                             "train_images); set loop.trim_covered=null for data without them")
+        least = getattr(self.discovery, "min_support", 1)
+        for m, kept in zip(modes, uncovered_members(modes, embeddings, *train, self.trim_covered, self.coverage_k)):
+            if len(kept) == len(m.members) or len(kept) < least:
+                continue
+            m.extra.update(trimmed_from=m.support, trimmed_error_rate_from=m.error_rate)
+            m.members = kept
+            m.error_rate = float((preds[kept] != labels[kept]).float().mean())
 
     def add_round(self, epoch: int, modes: list[FailureMode], seconds: dict[str, float],
                   preds: torch.Tensor, labels: torch.Tensor) -> Round:

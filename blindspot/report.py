@@ -698,7 +698,9 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
     for m in modes:
         caption, score = _top_caption(m)
         support = m.get("support", len(_list(m.get("members"))) if "members" in m else None)
-        row = [_mode_label(m), caption + (f" ({_score(score)})" if score is not None else ""), _int(support),
+        trimmed = _num(_dict(m.get("extra")).get("trimmed_from"))  # loop.trim_covered: members training covers cut
+        row = [_mode_label(m), caption + (f" ({_score(score)})" if score is not None else ""),
+               _int(support) + (f" (of {_int(trimmed)}: the uncovered part)" if trimmed is not None else ""),
                f"{fmt_pct(m.get('error_rate'))} ({fmt_pct(m.get('class_error_rate'))})",
                fmt_change(m.get("acc_before"), m.get("acc_after"))]
         if with_slice:

@@ -92,9 +92,10 @@ class FailureLoopCallback(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.loop.needs_train_embeddings and not hasattr(trainer.datamodule, "train_images"):
-            raise ValueError(f"loop.rank_by={self.loop.rank_by} ranks modes by training coverage, which needs the "
-                             f"datamodule's train_images(indices); {type(trainer.datamodule).__name__} has none: "
-                             "use loop.rank_by=score")
+            raise ValueError(f"loop.rank_by={self.loop.rank_by} and loop.trim_covered={self.loop.trim_covered} "
+                             "measure training coverage, which needs the datamodule's train_images(indices); "
+                             f"{type(trainer.datamodule).__name__} has none: use loop.rank_by=score "
+                             "loop.trim_covered=null")
         if stage == "fit" and self.loop.max_rounds > 0 and hasattr(self.loop.remedy, "prepare"):
             initial = self.loop.remedy.prepare(self.context(trainer, pl_module))  # fail now, not after hours
             if isinstance(initial, RemedyResult):

@@ -108,6 +108,44 @@ def test_rank_by_uncovered_puts_the_slice_training_never_shows_first_and_hands_i
         loop("loudest")
 
 
+def test_trim_covered_cuts_a_mixed_slice_to_the_part_training_never_reaches():
+    """trim_covered: a slice mixing a region no training image reaches with a covered one keeps the uncovered part
+    (error rate recomputed, the original size kept in extra); a slice with too few uncovered members stays whole."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(2, 16, generator=g), dim=1)
+
+    def around(c, n):
+        return torch.nn.functional.normalize(centres[c] + 0.1 * torch.randn(n, 16, generator=g), dim=1)
+
+    val = torch.cat([around(0, 20), around(1, 10)])  # 0-19: covered by training, 20-29: never seen in training
+    labels = torch.zeros(30, dtype=torch.long)
+    preds = torch.tensor([1] * 10 + [0] * 10 + [1] * 10)  # the covered half of the class is half wrong
+    train = (around(0, 200), torch.zeros(200, dtype=torch.long))
+
+    def discovery(*_):
+        return [FailureMode(0, "cow", list(range(10, 30)), 0.5, 0.67, 4.0, mode_id="cow-mixed"),
+                FailureMode(0, "cow", list(range(0, 20)), 0.5, 0.67, 3.0, mode_id="cow-covered")]
+
+    discovery.min_support = 8
+    loop = FailureLoop(discovery, captioner=lambda *a: None, clip=SimpleNamespace(encode_texts=None),
+                       rank_by="uncovered", trim_covered=0.05)
+    assert loop.needs_train_embeddings
+    modes, _ = loop.discover(val, labels, preds, ["cow", "horse"], train=train)
+    mixed, covered = {m.mode_id: m for m in modes}["cow-mixed"], {m.mode_id: m for m in modes}["cow-covered"]
+    # every never-seen member stays; a covered one stays only as often as training images are that poorly covered
+    assert set(range(20, 30)) <= set(mixed.members) and len(mixed.members) <= 11
+    wrong = sum(int(preds[i]) != 0 for i in mixed.members) / len(mixed.members)
+    assert mixed.error_rate == pytest.approx(wrong) and wrong >= 0.9
+    assert mixed.extra["trimmed_from"] == 20 and mixed.extra["trimmed_error_rate_from"] == 0.5
+    assert covered.members == list(range(0, 20)) and "trimmed_from" not in covered.extra
+    assert [m.mode_id for m in modes] == ["cow-mixed", "cow-covered"]
+    whole = FailureLoop(discovery, captioner=lambda *a: None, clip=None, trim_covered=0.05)
+    with pytest.raises(ValueError, match="loop.trim_covered needs"):
+        whole.discover(val, labels, preds, ["cow", "horse"])
+    with pytest.raises(ValueError, match="loop.trim_covered"):
+        FailureLoop(discovery, captioner=lambda *a: None, clip=None, trim_covered=1.5)
+
+
 def test_target_kept_generates_waves_until_it_keeps_enough_and_injects_exactly_that(tmp_path):
     remedy = Text2ImageRemedy(NoiseBackend(), {"every_third": KeepEveryThird()}, output_dir=str(tmp_path),
                               images_per_round=12, target_kept=10, max_generated=200, batch_size=8)

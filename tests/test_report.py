@@ -335,6 +335,12 @@ def test_the_error_cue_shared_with_other_classes_is_shown_per_mode():
     assert "Shared with other" not in render_markdown({"rounds": [{"epoch": 4, "modes": [_mode("m", "a", 1, [1])]}]})
 
 
+def test_a_mode_cut_to_its_uncovered_members_says_how_many_it_had():
+    mode = _mode("r0-circle-0", "a circle on grass", 0.5, [1, 2], extra={"trimmed_from": 29})
+    md = render_markdown({"rounds": [{"epoch": 4, "modes": [mode, _mode("r0-star-0", "a star", 0.5, [3])]}]})
+    assert "| 2 (of 29: the uncovered part) |" in md and "| 1 |" in md
+
+
 def test_a_failing_chart_is_skipped_not_fatal(tmp_path, monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise RuntimeError("no fonts")

@@ -36,6 +36,36 @@ def reference_coverage(train: torch.Tensor, k: int, max_reference: int = MAX_REF
     return kth_neighbour_similarity(rows, train, k + 1)  # its own image is its first neighbour
 
 
+def member_coverage(members: torch.Tensor, keys: torch.Tensor, reference: torch.Tensor, k: int) -> torch.Tensor:
+    """Per member (L2-normalised rows): the share of the class's training images (`reference`: their own coverage)
+    that their k nearest same-class training images cover less than the member is covered by its k nearest."""
+    sims = kth_neighbour_similarity(members, keys, k)
+    return (reference.unsqueeze(0) < sims.unsqueeze(1)).float().mean(1)
+
+
+def uncovered_members(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, train_embeddings: torch.Tensor,
+                      train_labels: torch.Tensor, max_coverage: float, k: int = 5) -> list[list[int]]:
+    """Per mode: its members that training covers less than `max_coverage` of the class's training images cover
+    each other (`member_coverage` below it), in the members' order."""
+    val = torch.nn.functional.normalize(val_embeddings.float(), dim=1)
+    train = torch.nn.functional.normalize(train_embeddings.float(), dim=1)
+    train_labels = torch.as_tensor(train_labels).long()
+    per_class: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # class -> (its training images, their coverage)
+    out = []
+    for mode in modes:
+        c = mode.class_index
+        if c not in per_class:
+            keys = train[train_labels == c]
+            per_class[c] = (keys, reference_coverage(keys, k))
+        keys, reference = per_class[c]
+        if not mode.members or len(keys) <= k:
+            out.append(list(mode.members))
+            continue
+        cover = member_coverage(val[torch.as_tensor(mode.members).long()], keys, reference, k)
+        out.append([i for i, share in zip(mode.members, cover.tolist()) if share < max_coverage])
+    return out
+
+
 def train_coverage(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, train_embeddings: torch.Tensor,
                    train_labels: torch.Tensor, k: int = 5) -> list[float]:
     """Per mode: the share of its class's training images that their k nearest same-class training images cover
