@@ -43,25 +43,36 @@ def member_coverage(members: torch.Tensor, keys: torch.Tensor, reference: torch.
     return (reference.unsqueeze(0) < sims.unsqueeze(1)).float().mean(1)
 
 
-def uncovered_members(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, train_embeddings: torch.Tensor,
-                      train_labels: torch.Tensor, max_coverage: float, k: int = 5) -> list[list[int]]:
-    """Per mode: its members that training covers less than `max_coverage` of the class's training images cover
-    each other (`member_coverage` below it), in the members' order."""
+def _modes_against_training(modes: Sequence[FailureMode], val_embeddings: torch.Tensor,
+                            train_embeddings: torch.Tensor, train_labels: torch.Tensor, k: int):
+    """Per mode: (its L2-normalised members, its class's training images, their own coverage), or None when the
+    mode has no members or its class has k training images or fewer; each class's reference is computed once."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (the training neighbour whose similarity measures coverage), got {k!r}")
     val = torch.nn.functional.normalize(val_embeddings.float(), dim=1)
     train = torch.nn.functional.normalize(train_embeddings.float(), dim=1)
     train_labels = torch.as_tensor(train_labels).long()
     per_class: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # class -> (its training images, their coverage)
-    out = []
     for mode in modes:
         c = mode.class_index
         if c not in per_class:
             keys = train[train_labels == c]
             per_class[c] = (keys, reference_coverage(keys, k))
         keys, reference = per_class[c]
-        if not mode.members or len(keys) <= k:
+        ok = mode.members and len(keys) > k
+        yield (val[torch.as_tensor(mode.members).long()], keys, reference) if ok else None
+
+
+def uncovered_members(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, train_embeddings: torch.Tensor,
+                      train_labels: torch.Tensor, max_coverage: float, k: int = 5) -> list[list[int]]:
+    """Per mode: its members that training covers less than `max_coverage` of the class's training images cover
+    each other (`member_coverage` below it), in the members' order; all of them when it cannot be measured."""
+    out = []
+    for mode, found in zip(modes, _modes_against_training(modes, val_embeddings, train_embeddings, train_labels, k)):
+        if found is None:
             out.append(list(mode.members))
             continue
-        cover = member_coverage(val[torch.as_tensor(mode.members).long()], keys, reference, k)
+        cover = member_coverage(*found, k)
         out.append([i for i, share in zip(mode.members, cover.tolist()) if share < max_coverage])
     return out
 
@@ -71,22 +82,12 @@ def train_coverage(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, t
     """Per mode: the share of its class's training images that their k nearest same-class training images cover
     less than the mode's median member is covered by its k nearest (0 = less covered than any training image;
     NaN when the class has too few training images)."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1 (the training neighbour whose similarity measures coverage), got {k!r}")
-    val = torch.nn.functional.normalize(val_embeddings.float(), dim=1)
-    train = torch.nn.functional.normalize(train_embeddings.float(), dim=1)
-    train_labels = torch.as_tensor(train_labels).long()
-    per_class: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # class -> (its training images, their coverage)
     out = []
-    for mode in modes:
-        c = mode.class_index
-        if c not in per_class:
-            keys = train[train_labels == c]
-            per_class[c] = (keys, reference_coverage(keys, k))
-        keys, reference = per_class[c]
-        if not mode.members or len(keys) <= k:
+    for found in _modes_against_training(modes, val_embeddings, train_embeddings, train_labels, k):
+        if found is None:
             out.append(float("nan"))
             continue
-        median = kth_neighbour_similarity(val[torch.as_tensor(mode.members).long()], keys, k).median()
+        members, keys, reference = found
+        median = kth_neighbour_similarity(members, keys, k).median()
         out.append(float((reference < median).float().mean()))
     return out
