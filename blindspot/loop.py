@@ -134,7 +134,7 @@ class FailureLoop:
 
     @property
     def needs_train_embeddings(self) -> bool:
-        """Whether `discover` needs the training split's embeddings (to rank by training coverage)."""
+        """Whether `discover` needs the training split's embeddings (to rank or trim modes by training coverage)."""
         return self.rank_by == "uncovered" or self.trim_covered is not None
 
     def discover(self, embeddings: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
