@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .clip import ClipModel
-from .discovery.coverage import train_coverage, uncovered_members
+from .discovery.coverage import median_coverage, member_coverages, uncovered
 from .embedding import embed_dataset
 from .modes import FailureMode
 from .remedies.base import Remedy, RemedyContext, RemedyResult
@@ -141,14 +141,16 @@ class FailureLoop:
                  class_names: Sequence[str], train: tuple[torch.Tensor, torch.Tensor] | None = None,
                  ) -> tuple[list[FailureMode], dict[str, float]]:
         """Failure modes (ranked, at most max_modes, captioned) of this validation epoch, and the seconds each step
-        took. `train`: (embeddings, labels) of the training split, needed by rank_by="uncovered"."""
+        took. `train`: (embeddings, labels) of the training split, needed by rank_by="uncovered" and trim_covered."""
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         modes = self.discovery(embeddings, labels, preds, list(class_names))
-        if self.rank_by == "uncovered":
-            modes = self.rank_by_coverage(modes, embeddings, train)
-        if self.trim_covered is not None:  # after ranking: a hard group's few uncovered members must not lift it
-            self.trim_to_uncovered(modes, embeddings, labels, preds, train)
+        if self.needs_train_embeddings:
+            coverage = self.member_coverages(modes, embeddings, train)
+            if self.rank_by == "uncovered":
+                modes, coverage = self.rank_by_coverage(modes, coverage)
+            if self.trim_covered is not None:  # after ranking: a hard group's few uncovered members must not lift it
+                self.trim_to_uncovered(modes, coverage, labels, preds)
         modes = modes[: self.max_modes]
         for m in modes:
             m.set_confusions(preds, labels, list(class_names))
@@ -158,26 +160,34 @@ class FailureLoop:
         seconds["caption"] = time.perf_counter() - t0
         return modes, seconds
 
-    def rank_by_coverage(self, modes: list[FailureMode], embeddings: torch.Tensor,
-                         train: tuple[torch.Tensor, torch.Tensor] | None) -> list[FailureMode]:
-        """The modes re-scored by score x (1 - training coverage), best first; both numbers are kept in `extra`."""
+    def member_coverages(self, modes: list[FailureMode], embeddings: torch.Tensor,
+                         train: tuple[torch.Tensor, torch.Tensor] | None) -> list[torch.Tensor | None]:
+        """Each mode's members' training coverage, measured once for ranking and trimming alike."""
         if train is None:
-            raise ValueError("loop.rank_by=uncovered needs the training split's CLIP embeddings (the datamodule's "
-                             "train_images); use loop.rank_by=score for data without them")
-        for m, cover in zip(modes, train_coverage(modes, embeddings, *train, k=self.coverage_k)):
+            knob, off = (("loop.rank_by=uncovered", "loop.rank_by=score") if self.rank_by == "uncovered"
+                         else ("loop.trim_covered", "loop.trim_covered=null"))
+            raise ValueError(f"{knob} needs the training split's CLIP embeddings (the datamodule's train_images); "
+                             f"use {off} for data without them")
+        return member_coverages(modes, embeddings, *train, k=self.coverage_k)
+
+    def rank_by_coverage(self, modes: list[FailureMode], coverage: list[torch.Tensor | None],
+                         ) -> tuple[list[FailureMode], list[torch.Tensor | None]]:
+        """The modes re-scored by score x (1 - training coverage), best first (their member coverages in the same
+        order); both numbers are kept in `extra`."""
+        for m, members in zip(modes, coverage):
+            cover = median_coverage(members)
             cover = 0.0 if cover != cover else cover  # NaN: the class has too few training images to cover it
             m.extra.update(slice_score=m.score, train_coverage=cover)
             m.score = m.score * (1.0 - cover)
-        return sorted(modes, key=lambda m: -m.score)
+        order = sorted(range(len(modes)), key=lambda i: -modes[i].score)
+        return [modes[i] for i in order], [coverage[i] for i in order]
 
-    def trim_to_uncovered(self, modes: list[FailureMode], embeddings: torch.Tensor, labels: torch.Tensor,
-                          preds: torch.Tensor, train: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def trim_to_uncovered(self, modes: list[FailureMode], coverage: list[torch.Tensor | None], labels: torch.Tensor,
+                          preds: torch.Tensor) -> None:
         """Cut each mode to its members training covers less than `trim_covered` (if enough are left); in place."""
-        if train is None:
-            raise ValueError("loop.trim_covered needs the training split's CLIP embeddings (the datamodule's "
-                             "train_images); set loop.trim_covered=null for data without them")
         least = getattr(self.discovery, "min_support", 1)
-        for m, kept in zip(modes, uncovered_members(modes, embeddings, *train, self.trim_covered, self.coverage_k)):
+        for m, members in zip(modes, coverage):
+            kept = uncovered(m, members, self.trim_covered)
             if len(kept) == len(m.members) or len(kept) < least:
                 continue
             m.extra.update(trimmed_from=m.support, trimmed_error_rate_from=m.error_rate)

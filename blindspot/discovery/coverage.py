@@ -40,41 +40,43 @@ def member_coverage(members: torch.Tensor, keys: torch.Tensor, reference: torch.
     """Per member (L2-normalised rows): the share of the class's training images (`reference`: their own coverage)
     that their k nearest same-class training images cover less than the member is covered by its k nearest."""
     sims = kth_neighbour_similarity(members, keys, k)
-    return (reference.unsqueeze(0) < sims.unsqueeze(1)).float().mean(1)
+    below = torch.searchsorted(reference.sort().values.contiguous(), sims.contiguous(), side="left")
+    return below.float() / len(reference)  # how many reference values are < each member's similarity
 
 
-def _modes_against_training(modes: Sequence[FailureMode], val_embeddings: torch.Tensor,
-                            train_embeddings: torch.Tensor, train_labels: torch.Tensor, k: int):
-    """Per mode: (its L2-normalised members, its class's training images, their own coverage), or None when the
-    mode has no members or its class has k training images or fewer; each class's reference is computed once."""
+def member_coverages(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, train_embeddings: torch.Tensor,
+                     train_labels: torch.Tensor, k: int = 5) -> list[torch.Tensor | None]:
+    """Per mode: each member's `member_coverage`, or None when the mode has no members or its class has k training
+    images or fewer; each class's training images are measured against each other once."""
     if k < 1:
         raise ValueError(f"k must be >= 1 (the training neighbour whose similarity measures coverage), got {k!r}")
     val = torch.nn.functional.normalize(val_embeddings.float(), dim=1)
     train = torch.nn.functional.normalize(train_embeddings.float(), dim=1)
     train_labels = torch.as_tensor(train_labels).long()
     per_class: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # class -> (its training images, their coverage)
+    out: list[torch.Tensor | None] = []
     for mode in modes:
         c = mode.class_index
         if c not in per_class:
             keys = train[train_labels == c]
             per_class[c] = (keys, reference_coverage(keys, k))
         keys, reference = per_class[c]
-        ok = mode.members and len(keys) > k
-        yield (val[torch.as_tensor(mode.members).long()], keys, reference) if ok else None
-
-
-def uncovered_members(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, train_embeddings: torch.Tensor,
-                      train_labels: torch.Tensor, max_coverage: float, k: int = 5) -> list[list[int]]:
-    """Per mode: its members that training covers less than `max_coverage` of the class's training images cover
-    each other (`member_coverage` below it), in the members' order; all of them when it cannot be measured."""
-    out = []
-    for mode, found in zip(modes, _modes_against_training(modes, val_embeddings, train_embeddings, train_labels, k)):
-        if found is None:
-            out.append(list(mode.members))
-            continue
-        cover = member_coverage(*found, k)
-        out.append([i for i, share in zip(mode.members, cover.tolist()) if share < max_coverage])
+        measurable = bool(mode.members) and len(keys) > k
+        out.append(member_coverage(val[torch.as_tensor(mode.members).long()], keys, reference, k) if measurable
+                   else None)
     return out
+
+
+def uncovered(mode: FailureMode, coverage: torch.Tensor | None, max_coverage: float) -> list[int]:
+    """The mode's members whose coverage is below `max_coverage`, in order; all of them when it was not measured."""
+    if coverage is None:
+        return list(mode.members)
+    return [i for i, share in zip(mode.members, coverage.tolist()) if share < max_coverage]
+
+
+def median_coverage(coverage: torch.Tensor | None) -> float:
+    """A mode's coverage: its median member's (0 = less covered than any training image; NaN when not measured)."""
+    return float("nan") if coverage is None else float(coverage.median())
 
 
 def train_coverage(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, train_embeddings: torch.Tensor,
@@ -82,12 +84,4 @@ def train_coverage(modes: Sequence[FailureMode], val_embeddings: torch.Tensor, t
     """Per mode: the share of its class's training images that their k nearest same-class training images cover
     less than the mode's median member is covered by its k nearest (0 = less covered than any training image;
     NaN when the class has too few training images)."""
-    out = []
-    for found in _modes_against_training(modes, val_embeddings, train_embeddings, train_labels, k):
-        if found is None:
-            out.append(float("nan"))
-            continue
-        members, keys, reference = found
-        median = kth_neighbour_similarity(members, keys, k).median()
-        out.append(float((reference < median).float().mean()))
-    return out
+    return [median_coverage(c) for c in member_coverages(modes, val_embeddings, train_embeddings, train_labels, k)]
