@@ -294,11 +294,11 @@ def run_all(jobs: list[Job], workers: int) -> tuple[dict[tuple[str, str, int], s
 def add_fresh_tests(jobs: list[Job], finished: list[dict | None], worlds: list[SuiteWorld], spec: WorldSpec,
                     factor: int) -> None:
     """Score every finished run on its world's fresh test split (fresh_test.py): `report["metrics"]["fresh_test"]`."""
-    cache_dir = ROOT / ".cache" / "world"  # where the runs' own splits are cached (conf/paths, conf/data/world.yaml)
     for w in worlds:
         done = [(j, r) for j, r in zip(jobs, finished) if j.world == w.name and r is not None]
         if not done:
             continue
+        cache_dir = ROOT / _resolved(done[0][0].args)["data"]["cache_dir"]  # the runs' own (train.py runs in ROOT)
         split = fresh_split(w, spec, factor, cache_dir)  # the world's, not its ceiling's: one split for every method
         print(f"[suite] fresh test of {w.name}: {len(split)} images, {len(done)} run(s)", flush=True)
         for job, report in done:

@@ -20,7 +20,7 @@ from blindspot.groundtruth import majority_group, score_discovery
 from blindspot.images import load_image
 from blindspot.loop import FailureLoop, Split
 from blindspot.metrics import wilson_interval
-from blindspot.report import summary_lines, to_jsonable, write_report
+from blindspot.report import load_report, summary_lines, write_report
 from blindspot.thumbnails import save_grid
 
 from .common import gather_by_index
@@ -271,7 +271,7 @@ class FailureReport(Callback):
         if self.log_to_loggers:
             self.log_wandb(trainer, report, paths if final else {})
         if final:
-            self._summary = summary_lines(to_jsonable(report), paths["html"])
+            self._summary = summary_lines(load_report(paths["json"]), paths["html"])  # as written: regressions in
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._summary:  # set on rank 0 by the final write; the last thing a run says

@@ -247,10 +247,13 @@ def test_the_runner_keeps_finished_runs_and_writes_its_results(tmp_path, monkeyp
 
 
 def test_quick_suite_runs_the_default_world_end_to_end(tmp_path):
-    env = dict(os.environ, BLINDSPOT_RESULTS=str(tmp_path), PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+    env = dict(os.environ, BLINDSPOT_RESULTS=str(tmp_path), PYTHONPATH=str(ROOT), WANDB_MODE="offline",
+               BLINDSPOT_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.suite", "--quick", "--workers", "2", "--out",
                            str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tests = [p.name for p in (tmp_path / "cache" / "world").glob("world-test-*")]
+    assert len(tests) == 3, tests  # the world's and its ceiling's test splits and the fresh one: all in BLINDSPOT_CACHE
     result = json.loads((tmp_path / "suite_quick.json").read_text())
     assert result["runs"]["finished"] == result["runs"]["planned"] == 5
     (star,) = result["slices"]
