@@ -304,11 +304,12 @@ def test_quick_discovery_capture_reproduces_the_runs_modes_and_scores_variants(t
     env = dict(os.environ, BLINDSPOT_RESULTS=str(tmp_path), PYTHONPATH=str(ROOT), WANDB_MODE="offline")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.discovery_worlds", "--quick", "--workers", "1", "--out",
                            str(tmp_path / "captures"), "--variant", "nbh=discovery=neighbourhoods",
-                           "--variant", "score=loop.rank_by=score"],
+                           "--variant", "whole=loop.trim_covered=null",
+                           "--variant", "score=loop.rank_by=score,loop.trim_covered=null"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "discovery_worlds_quick.json").read_text())
-    defaults, nbh, by_score_alone = result["variants"]
+    defaults, nbh, whole, by_score_alone = result["variants"]
     assert (defaults["name"], nbh["overrides"]) == ("defaults", ["discovery=neighbourhoods"])
     assert defaults["summary"]["same_modes_as_the_run"]  # re-scoring today's settings gives the run's own round
     (star,) = defaults["slices"]
@@ -321,10 +322,10 @@ def test_quick_discovery_capture_reproduces_the_runs_modes_and_scores_variants(t
     assert set(defaults["reranked"]) == {"least_covered", "score_x_uncovered"}
     assert all(r["handed"] == star["handed"] for r in star["reranked"].values())
     # the default ranks by training coverage in the loop itself (the capture's training embeddings): each handed
-    # mode's score is its slice score (rank_by=score) x (1 - coverage)
-    assert by_score_alone["overrides"] == ["loop.rank_by=score"]
+    # mode's score is its slice score (rank_by=score) x (1 - coverage), seen on whole modes (not cut to the uncovered)
+    assert by_score_alone["overrides"] == ["loop.rank_by=score", "loop.trim_covered=null"]
     by_score = {(c["class"], c["group"], c["support"]): c["score"] for c in by_score_alone["slices"][0]["coverage"]}
-    rescored = [(c, by_score[(c["class"], c["group"], c["support"])]) for c in cover
+    rescored = [(c, by_score[(c["class"], c["group"], c["support"])]) for c in whole["slices"][0]["coverage"]
                 if (c["class"], c["group"], c["support"]) in by_score]
     assert rescored and all(c["score"] == pytest.approx(s * (1 - c["coverage"])) for c, s in rescored)
     assert "## Training coverage of the handed modes" in (tmp_path / "discovery_worlds_quick.md").read_text()
