@@ -273,6 +273,14 @@ def test_quick_suite_runs_the_default_world_end_to_end(tmp_path):
         report["avg_acc"])
     fresh = json.loads((run / "fresh_test.json").read_text())["metrics"]
     assert fresh["n"] == 4 * len(own) and set(fresh["per_group"]) == set(report["per_group"])
+    # benchmarks.fresh_test scores given runs on that split again (from its cache) and pools them by label
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fresh_test", "--config", "quick", "--groups", "star|grass",
+                           "--stem", "pooled", f"twice={run}", f"twice={run}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (pooled,) = json.loads((tmp_path / "pooled.json").read_text())["pooled"]
+    assert pooled["runs"] == 2 and pooled["star|grass"] == {"mean": fresh["per_group"]["star|grass"], "sd": 0.0}
+    assert pooled["worst_group_acc"]["mean"] == fresh["worst_group_acc"]
 
 
 def test_the_core_config_runs_are_the_default_configs_own(tmp_path):
