@@ -12,7 +12,9 @@ the gap to the ceiling closed on every blind spot, per seed); a run whose report
 one continues from its last checkpoint, and a run whose settings differ from what today's conf/ composes is
 moved aside to <folder>.stale-<time> and run afresh (benchmarks.runs). Writes benchmarks/results/compare.{json,md,png} and
 compare_provenance.json (which commit, when and how each row was measured); a run of some methods replaces
-their rows and keeps the others'.
+their rows and keeps the others'. Every run is also scored from its final checkpoint on the default world's test design
+rendered anew `--fresh-test` times as large (benchmarks.fresh_test, as the suite does): with 50 test images a group,
+one seed's worst group moves by whole images.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pathlib import Path
 from blindspot.runtime import last_checkpoint
 
 from .common import QUICK_RUN, table_cell
+from .fresh_test import SPLIT as FRESH
+from .fresh_test import fresh_metrics, fresh_split, run_cache_dir
 from .planted import blind_spots, default_world, slice_accuracy
 from .runs import claimed, reusable_report
 
@@ -84,7 +88,7 @@ def _run_claimed(method: str, seed: int, out: Path, quick: bool, threads: int | 
     args = [*run_args(method, seed, quick), f"hydra.run.dir={out}"]
     done = reusable_report(out, args, f"[compare] {method} seed {seed}")
     if done is not None:
-        return done
+        return done | {"reused": True}  # finished earlier: the provenance says so
     if last_checkpoint(out).exists():
         args.append(f"resume={out}")
     env = dict(os.environ)  # train.py runs from ROOT: its folder is on sys.path
@@ -152,19 +156,43 @@ def summarise(runs: dict[str, list[dict]], seeds: list[int]) -> dict:
             "blind_spots": {s["group"]: {str(seed): slice_accuracy(r, s) for seed, r in zip(seeds, reports)}
                             for s in spots},
         }
+        if all(FRESH in r["metrics"] for r in reports):
+            fresh_avg = [r["metrics"][FRESH]["avg_acc"] for r in reports]
+            fresh_wga = [r["metrics"][FRESH]["worst_group_acc"] for r in reports]
+            out[method] |= {
+                "fresh_avg_acc_mean": statistics.mean(fresh_avg), "fresh_avg_acc_std": statistics.pstdev(fresh_avg),
+                "fresh_wga_mean": statistics.mean(fresh_wga), "fresh_wga_std": statistics.pstdev(fresh_wga),
+                "fresh_images": reports[0]["metrics"][FRESH]["n"],
+                "fresh_blind_spots": {s["group"]: {str(seed): slice_accuracy(r, s, FRESH)
+                                                   for seed, r in zip(seeds, reports)} for s in spots},
+            }
     return out
 
 
-def gap_rows(summary: dict) -> list[dict]:
-    """Per method and blind spot: the share of the gap to the ceiling closed per seed, (m - ERM) / (ceiling - ERM)."""
-    base, top = summary.get("none", {}).get("blind_spots"), summary.get(CEILING, {}).get("blind_spots")
+def add_fresh_tests(runs: dict[str, list[dict]], seeds: list[int], out: Path, factor: int) -> None:
+    """Score every run's final checkpoint on the default world's fresh test split: `metrics["fresh_test"]`."""
+    folders = {(m, seed): out / m / f"seed{seed}" for m in runs for seed in seeds}
+    spec, world = default_world()
+    split = fresh_split(world, spec, factor, run_cache_dir(next(iter(folders.values()))))
+    print(f"[compare] fresh test: {len(split)} images ({factor}x the test design), {len(folders)} run(s)", flush=True)
+    for method, reports in runs.items():
+        for seed, report in zip(seeds, reports):
+            metrics = fresh_metrics(folders[(method, seed)], split)
+            if metrics is not None:
+                report["metrics"][FRESH] = metrics
+
+
+def gap_rows(summary: dict, key: str = "blind_spots") -> list[dict]:
+    """Per method and blind spot: the share of the gap to the ceiling closed per seed, (m - ERM) / (ceiling - ERM)
+    (`key`: "blind_spots" on the runs' own test splits, "fresh_blind_spots" on the fresh one)."""
+    base, top = summary.get("none", {}).get(key), summary.get(CEILING, {}).get(key)
     if not base or not top:
         return []
     rows = []
     for method, s in summary.items():
         if method in ("none", CEILING):
             continue
-        for group, accs in (s.get("blind_spots") or {}).items():
+        for group, accs in (s.get(key) or {}).items():
             gaps = {seed: (a - base[group][seed]) / (top[group][seed] - base[group][seed])
                     for seed, a in accs.items() if a is not None and base[group].get(seed) is not None
                     and top[group].get(seed) is not None and top[group][seed] > base[group][seed]}
@@ -174,9 +202,9 @@ def gap_rows(summary: dict) -> list[dict]:
     return rows
 
 
-def gap_table(summary: dict) -> str:
+def gap_table(summary: dict, key: str = "blind_spots") -> str:
     """The markdown table of gap closed on each blind spot per seed (empty without ERM and ceiling rows)."""
-    rows = gap_rows(summary)
+    rows = gap_rows(summary, key)
     if not rows:
         return ""
     seeds = sorted({seed for r in rows for seed in r["gap_closed"]}, key=int)
@@ -212,11 +240,18 @@ def chart(summary: dict, path: Path) -> None:
 
 
 def table(summary: dict) -> str:
-    """The markdown table of the README."""
-    rows = ["| method | avg acc | worst-group acc | images added | wall time / run |", "|---|---|---|---|---|"]
+    """The markdown table of the README (the fresh-render columns once any row has them)."""
+    fresh = any("fresh_wga_mean" in s for s in summary.values())
+    head = "| method | avg acc | worst-group acc | images added | wall time / run |"
+    head += " avg acc, fresh renders | worst group, fresh renders |" if fresh else ""
+    rows = [head, "|---|---|---|---|---|" + ("---|---|" if fresh else "")]
     for m, s in summary.items():
-        rows.append(f"| {m} | {s['avg_acc_mean']:.1%} ± {s['avg_acc_std']:.1%} | {s['wga_mean']:.1%} ± "
-                    f"{s['wga_std']:.1%} | {s['images_added']:.0f} | {s['wall_seconds'] / 60:.1f} min |")
+        row = (f"| {m} | {s['avg_acc_mean']:.1%} ± {s['avg_acc_std']:.1%} | {s['wga_mean']:.1%} ± "
+               f"{s['wga_std']:.1%} | {s['images_added']:.0f} | {s['wall_seconds'] / 60:.1f} min |")
+        if fresh:
+            row += (f" {s['fresh_avg_acc_mean']:.1%} ± {s['fresh_avg_acc_std']:.1%} | {s['fresh_wga_mean']:.1%} ± "
+                    f"{s['fresh_wga_std']:.1%} |" if "fresh_wga_mean" in s else " – | – |")
+        rows.append(row)
     return "\n".join(rows)
 
 
@@ -262,6 +297,7 @@ def render(results: Path, stem: str, summary: dict, provenance: list[dict]) -> s
     (results / f"{stem}_provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     lines = [f"- {', '.join(e['methods'])}: seeds {e['seeds']}, measured {e['date']} at commit {e['commit']}, "
              f"{e['workers']} run(s) side by side on {e['cpu_count']} CPU cores, sweep wall time {e['minutes']:.1f} min"
+             + (f" (finished earlier, reused: {', '.join(e['reused'])})" if e.get("reused") else "")
              for e in provenance]
     text = (table(summary) + "\n\nHow each row was measured:\n" + "\n".join(lines)
             + "\n\nPer-group test accuracy (mean over seeds):\n\n" + group_table(summary) + "\n")
@@ -269,6 +305,11 @@ def render(results: Path, stem: str, summary: dict, provenance: list[dict]) -> s
     if gaps:
         text += ("\nGap to the ceiling closed on each blind spot, (method - ERM) / (ceiling - ERM) on the same seed "
                  "(test accuracy of the slice):\n\n" + gaps + "\n")
+    fresh = gap_table(summary, "fresh_blind_spots")
+    if fresh:
+        n = next(s["fresh_images"] for s in summary.values() if "fresh_images" in s)
+        text += (f"\nThe same on fresh renders ({n} images: the test design rendered anew from another data seed, the "
+                 "same images for every run; rows without them were measured before they existed):\n\n" + fresh + "\n")
     (results / f"{stem}.md").write_text(text)
     chart(summary, results / f"{stem}.png")
     return text
@@ -282,6 +323,9 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--out", default=str(ROOT / "outputs" / "compare"))
     p.add_argument("--workers", type=int, default=1, help="runs side by side (CPU: each gets cores/workers threads)")
+    p.add_argument("--fresh-test", type=int, default=None, metavar="N",
+                   help="also score each run on its test design rendered anew N times as large (default 4; "
+                        "--quick: 0, off)")
     args = p.parse_args()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
@@ -291,9 +335,13 @@ def main() -> None:
     out = Path(args.out) / ("quick" if args.quick else "full")
     start = time.time()
     runs = run_all(methods, seeds, out, args.quick, args.workers)
+    factor = (0 if args.quick else 4) if args.fresh_test is None else args.fresh_test
+    if factor:
+        add_fresh_tests(runs, seeds, out, factor)
     invocation = {"methods": methods, "seeds": seeds, "workers": args.workers, "cpu_count": os.cpu_count(),
                   "minutes": (time.time() - start) / 60, "commit": git_commit(),
-                  "date": time.strftime("%Y-%m-%d %H:%M")}
+                  "date": time.strftime("%Y-%m-%d %H:%M"),
+                  "reused": [f"{m} seed {seed}" for m in methods for seed, r in zip(seeds, runs[m]) if r.get("reused")]}
     stem = "compare_quick" if args.quick else "compare"
     results = Path(os.environ.get("BLINDSPOT_RESULTS", ROOT / "benchmarks" / "results"))
     summary, provenance = merged(results, stem, summarise(runs, seeds), invocation)

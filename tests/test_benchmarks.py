@@ -40,10 +40,10 @@ def test_quick_benchmark_writes_its_results(module, keys, tmp_path):
     assert (tmp_path / f"{stem}_quick.md").read_text().strip()
 
 
-def _check_quick_comparison(tmp_path, methods: list[str]) -> None:
-    """`benchmarks.compare --quick` over `methods` writes a row per method and the chart."""
+def _check_quick_comparison(tmp_path, methods: list[str], *extra: str) -> dict:
+    """`benchmarks.compare --quick` over `methods` writes a row per method and the chart; returns the rows."""
     args = ["--methods", ",".join(methods)] if methods else []
-    run_benchmark("compare", tmp_path, "--out", str(tmp_path / "runs"), *args, timeout=1800)
+    run_benchmark("compare", tmp_path, "--out", str(tmp_path / "runs"), *args, *extra, timeout=1800)
     summary = json.loads((tmp_path / "compare_quick.json").read_text())
     from benchmarks.compare import METHODS
 
@@ -52,11 +52,16 @@ def _check_quick_comparison(tmp_path, methods: list[str]) -> None:
         assert 0.0 <= summary[m]["wga_mean"] <= summary[m]["avg_acc_mean"] <= 1.0
         assert summary[m]["seeds"] == 1
     assert (tmp_path / "compare_quick.png").stat().st_size > 1000
+    return summary
 
 
 def test_quick_comparison_runs_erm_and_the_headline(tmp_path):
     """ERM and the headline through the comparison (its ceiling runs in the quick suite; every method: -m slow)."""
-    _check_quick_comparison(tmp_path, ["none", "failure_diffusion"])
+    summary = _check_quick_comparison(tmp_path, ["none", "failure_diffusion"], "--fresh-test", "1")
+    for m, row in summary.items():  # each run's checkpoint scored on 36 groups x 50 fresh renders, cached in its folder
+        fresh = json.loads((tmp_path / "runs" / "quick" / m / "seed0" / "fresh_test.json").read_text())["metrics"]
+        assert row["fresh_images"] == fresh["n"] == 1800 and row["fresh_wga_mean"] == fresh["worst_group_acc"]
+    assert "worst group, fresh renders |" in (tmp_path / "compare_quick.md").read_text()
 
 
 @pytest.mark.slow
@@ -223,6 +228,29 @@ def test_compare_measures_the_gap_to_the_ceiling_on_each_seed(tmp_path):
     assert row["method"] == "failure_diffusion" and row["group"] == "star|grass"
     assert row["gap_closed"] == pytest.approx({"0": 7 / 8, "1": 1.0}) and row["mean"] == pytest.approx(15 / 16)
     assert "| failure_diffusion | star\\|grass | 88% | 100% | 94% |" in render(tmp_path / "out", "c", summary, [])
+
+
+def test_compare_reports_fresh_renders_beside_the_runs_own_test(tmp_path):
+    """Rows whose runs were scored on the fresh split get its columns and gap table; rows from before show '–'."""
+    from benchmarks.compare import render, summarise
+
+    def report(own: float, fresh: float | None) -> dict:
+        r = _fake_report([])
+        r["metrics"]["test"]["per_group"] = {"star|grass": own}
+        if fresh is not None:
+            r["metrics"]["fresh_test"] = {"avg_acc": 0.95, "worst_group_acc": fresh, "n": 7200,
+                                          "per_group": {"star|grass": fresh}}
+        return r
+
+    runs = {"none": [report(0.2, 0.3), report(0.4, 0.3)], "ceiling": [report(0.9, 0.9), report(0.8, 0.9)],
+            "failure_diffusion": [report(0.8, 0.6), report(0.6, 0.9)], "jtt": [report(0.5, None), report(0.5, 0.5)]}
+    summary = summarise(runs, [0, 1])
+    assert summary["failure_diffusion"]["fresh_wga_mean"] == pytest.approx(0.75) and "fresh_wga_mean" not in summary["jtt"]
+    text = render(tmp_path, "compare", summary, [])
+    assert "| failure_diffusion | 90.0% ± 0.0% | 50.0% ± 0.0% | 0 | 1.0 min | 95.0% ± 0.0% | 75.0% ± 15.0% |" in text
+    assert "| jtt | 90.0% ± 0.0% | 50.0% ± 0.0% | 0 | 1.0 min | – | – |" in text
+    fresh = text.split("The same on fresh renders (7200 images")[1]
+    assert "| failure_diffusion | star\\|grass | 50% | 100% | 75% |" in fresh  # (0.6-0.3)/(0.9-0.3), (0.9-0.3)/0.6
 
 
 def test_embedding_baseline_is_open_clips_own_path(tmp_path, monkeypatch):
