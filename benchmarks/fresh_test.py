@@ -90,7 +90,7 @@ def labelled_runs(items: list[str]) -> list[tuple[str, Path]]:
 
 
 def pooled(rows: list[dict], groups: list[str]) -> list[dict]:
-    """Per label: the mean and standard deviation over its runs of the average, worst-group and named groups."""
+    """Per label: the mean and (population) standard deviation over its runs of the average, worst-group and named groups."""
     out = []
     for label in dict.fromkeys(r["label"] for r in rows):
         mine = [r for r in rows if r["label"] == label]
@@ -98,9 +98,14 @@ def pooled(rows: list[dict], groups: list[str]) -> list[dict]:
         for key, values in [("avg_acc", [r["avg_acc"] for r in mine]),
                             ("worst_group_acc", [r["worst_group_acc"] for r in mine]),
                             *[(g, [r["per_group"][g] for r in mine]) for g in groups]]:
-            row[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+            row[key] = {"mean": statistics.fmean(values), "sd": statistics.pstdev(values)}  # as benchmarks.compare
         out.append(row)
     return out
+
+
+def cell(stat: dict) -> str:
+    """'88.3 ± 4.0' (percent) from {"mean", "sd"}."""
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['sd']:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     result = {"world": world.name, "config": args.config, "factor": factor, "seed_offset": SEED_OFFSET,
               "images": len(split), "groups": groups, "runs": rows, "pooled": pooled(rows, groups),
               "machine": machine()}
-    cell = lambda s: f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f}"  # noqa: E731
     table = [["label", "runs", "average", "worst group", *map(table_cell, groups)]]
     table += [[r["label"], r["runs"], cell(r["avg_acc"]), cell(r["worst_group_acc"]), *[cell(r[g]) for g in groups]]
               for r in result["pooled"]]
