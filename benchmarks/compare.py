@@ -138,34 +138,35 @@ def images_added(report: dict) -> int:
     return int(sum(r.get("kept") or 0 for r in rounds) + retrieved)
 
 
+def split_summary(reports: list[dict], seeds: list[int], spots: list[dict], split: str) -> dict:
+    """Average and worst-group accuracy on one test split (mean and standard deviation over seeds), and each blind
+    spot's accuracy per seed."""
+    avg = [r["metrics"][split]["avg_acc"] for r in reports]
+    wga = [r["metrics"][split]["worst_group_acc"] for r in reports]
+    return {"avg_acc_mean": statistics.mean(avg), "avg_acc_std": statistics.pstdev(avg),
+            "wga_mean": statistics.mean(wga), "wga_std": statistics.pstdev(wga),
+            "blind_spots": {s["group"]: {str(seed): slice_accuracy(r, s, split) for seed, r in zip(seeds, reports)}
+                            for s in spots}}
+
+
 def summarise(runs: dict[str, list[dict]], seeds: list[int]) -> dict:
-    """Mean and standard deviation over seeds per method, and each blind spot's accuracy per seed."""
+    """Mean and standard deviation over seeds per method, and each blind spot's accuracy per seed (on the runs' own
+    test splits, and as fresh_* on the fresh one when every run of the method was scored on it)."""
     out, spots = {}, blind_spots()
     for method, reports in runs.items():
-        avg = [r["metrics"]["test"]["avg_acc"] for r in reports]
-        wga = [r["metrics"]["test"]["worst_group_acc"] for r in reports]
         groups = sorted(reports[0]["metrics"]["test"].get("per_group", {}))
         out[method] = {
-            "avg_acc_mean": statistics.mean(avg), "avg_acc_std": statistics.pstdev(avg),
-            "wga_mean": statistics.mean(wga), "wga_std": statistics.pstdev(wga),
+            **split_summary(reports, seeds, spots, "test"),
             "images_added": statistics.mean(images_added(r) for r in reports),
             "wall_seconds": statistics.mean(r.get("wall_seconds", 0.0) for r in reports),
             "seeds": len(reports),
             "per_group_mean": {g: statistics.mean(r["metrics"]["test"]["per_group"][g] for r in reports)
                                for g in groups},
-            "blind_spots": {s["group"]: {str(seed): slice_accuracy(r, s) for seed, r in zip(seeds, reports)}
-                            for s in spots},
         }
         if all(FRESH in r["metrics"] for r in reports):
-            fresh_avg = [r["metrics"][FRESH]["avg_acc"] for r in reports]
-            fresh_wga = [r["metrics"][FRESH]["worst_group_acc"] for r in reports]
-            out[method] |= {
-                "fresh_avg_acc_mean": statistics.mean(fresh_avg), "fresh_avg_acc_std": statistics.pstdev(fresh_avg),
-                "fresh_wga_mean": statistics.mean(fresh_wga), "fresh_wga_std": statistics.pstdev(fresh_wga),
-                "fresh_images": reports[0]["metrics"][FRESH]["n"],
-                "fresh_blind_spots": {s["group"]: {str(seed): slice_accuracy(r, s, FRESH)
-                                                   for seed, r in zip(seeds, reports)} for s in spots},
-            }
+            fresh = split_summary(reports, seeds, spots, FRESH)
+            out[method] |= {f"fresh_{k}": v for k, v in fresh.items()} | {
+                "fresh_images": reports[0]["metrics"][FRESH]["n"]}
     return out
 
 
