@@ -184,13 +184,15 @@ class FailureLoop:
 
     def trim_to_uncovered(self, modes: list[FailureMode], coverage: list[torch.Tensor | None], labels: torch.Tensor,
                           preds: torch.Tensor) -> None:
-        """Cut each mode to its members training covers less than `trim_covered` (if enough are left); in place."""
+        """Cut each mode to its members training covers less than `trim_covered` (if enough are left); in place. The
+        cut members stay in `extra["covered_members"]` (remedy.covered_members may give them real neighbours)."""
         least = getattr(self.discovery, "min_support", 1)
         for m, members in zip(modes, coverage):
             kept = uncovered(m, members, self.trim_covered)
             if len(kept) == len(m.members) or len(kept) < least:
                 continue
-            m.extra.update(trimmed_from=m.support, trimmed_error_rate_from=m.error_rate)
+            cut = sorted(set(m.members) - set(kept))
+            m.extra.update(trimmed_from=m.support, trimmed_error_rate_from=m.error_rate, covered_members=cut)
             m.members = kept
             m.error_rate = float((preds[kept] != labels[kept]).float().mean())
 

@@ -137,6 +137,7 @@ def test_trim_covered_cuts_a_mixed_slice_to_the_part_training_never_reaches():
     wrong = sum(int(preds[i]) != 0 for i in mixed.members) / len(mixed.members)
     assert mixed.error_rate == pytest.approx(wrong) and wrong >= 0.9
     assert mixed.extra["trimmed_from"] == 20 and mixed.extra["trimmed_error_rate_from"] == 0.5
+    assert sorted(mixed.members + mixed.extra["covered_members"]) == list(range(10, 30))  # the cut ones are kept
     assert covered.members == list(range(0, 20)) and "trimmed_from" not in covered.extra
     assert [m.mode_id for m in modes] == ["cow-mixed", "cow-covered"]
     whole = FailureLoop(discovery, captioner=lambda *a: None, clip=None, trim_covered=0.05)
@@ -233,6 +234,37 @@ def test_real_neighbours_inject_the_nearest_training_images_of_the_modes_class_o
         Text2ImageRemedy(NoiseBackend(), real_neighbours=-1)
     with pytest.raises(ValueError, match="below remedy.target_kept"):
         Text2ImageRemedy(NoiseBackend(), target_kept=8, real_neighbours=8)
+
+
+def test_covered_members_get_their_share_of_the_round_as_real_neighbours_and_the_rest_is_generated(tmp_path):
+    """A star mode of 2 uncovered members, with 2 covered members trimmed off (near training stars 3 and 4): with
+    remedy.covered_members=neighbours, half its 8 images are real stars (3 and 4 first), the other half generated."""
+    from blindspot.loop import Split
+
+    train_images = torch.stack([torch.full((3, 8, 8), i * 20, dtype=torch.uint8) for i in range(10)])
+    train_labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    train_emb = torch.eye(10) + 0.01
+    val_emb = torch.stack([train_emb[0], train_emb[1], train_emb[3], train_emb[4]])
+    split = Split(10, lambda idx: train_images[idx], "train")
+    ctx = context(progress=False, val_embeddings=val_emb, embed=lambda s: train_emb, train=lambda: (split, train_labels))
+    trimmed = FailureMode(0, "star", [0, 1], 0.8, 0.2, 0.5, mode_id="star-0", captions=[("a star on grass", 0.5)],
+                          extra={"covered_members": [2, 3]})
+    remedy = Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path), images_per_round=8, batch_size=8,
+                              covered_members="neighbours")
+    remedy.prepare(ctx)
+    result = remedy(Round(0, 0, [trimmed]), ctx)
+    real = [r for r in result.records if r.get("source") == "covered_neighbour"]
+    assert sorted(r["train_index"] for r in real[:2]) == [3, 4] and {r["label"] for r in real} == {0}  # nearest first
+    assert len(real) == 4 == result.stats["covered_neighbours"] == result.stats["per_mode"]["star-0"]["covered_neighbours"]
+    assert result.stats["generated"] == 4 and result.stats["injected"] == 8 == len(result.records)
+    assert sorted(remedy.neighbours_taken) == sorted(r["train_index"] for r in real)  # in state_dict: never twice
+    dropped = Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path / "drop"), images_per_round=8,
+                               batch_size=8)(Round(0, 0, [trimmed]), ctx)  # the default: cut members get nothing
+    assert dropped.stats["generated"] == 8 and all(r.get("source") is None for r in dropped.records)
+    with pytest.raises(ValueError, match="remedy.covered_members=drop"):
+        Text2ImageRemedy(NoiseBackend(), covered_members="neighbours").prepare(context(progress=False))
+    with pytest.raises(ValueError, match="remedy.covered_members"):
+        Text2ImageRemedy(NoiseBackend(), covered_members="all")
 
 
 def test_without_target_kept_one_wave_is_made_and_everything_kept_is_injected(tmp_path):

@@ -12,6 +12,11 @@ With `real_neighbours` set, that many of the round's injected images are real tr
 to its modes' members (of each mode's class, none twice in a run) and generation makes the rest (or, with
 `neighbours_in_budget` false, they come on top of the generated ones): generated images teach the slice as the generator draws
 it, and these carry it over to real images of the slice (upsampling, as JTT does, but of the discovered slices).
+
+With `covered_members="neighbours"`, the members loop.trim_covered cut from a mode (the hard-group part of its
+errors: training images of it abound, so more generated ones are not what it lacks) get their share of the mode's
+images as the real training images nearest to them; the rest of the round is generated for the mode's uncovered
+members as before. "drop" (the default) gives the cut members nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 import logging
 import math
 from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +45,16 @@ log = logging.getLogger(__name__)
 
 CAPTION_WEIGHTINGS = ("score", "uniform")
 CONTEXT_SAMPLE = 4000  # real training images whose contexts remedy.contrast reads (a seeded sample)
+COVERED_REMEDIES = ("drop", "neighbours")
+
+
+@dataclass
+class RoundBudget:
+    """What one round may generate: its first wave, the images it injects (None: what is kept) and its cap."""
+
+    first_wave: int
+    target_kept: int | None
+    max_generated: int
 
 
 class Text2ImageRemedy:
@@ -54,7 +69,7 @@ class Text2ImageRemedy:
                  prompt_template: str = "{caption}", untargeted: bool = False,
                  untargeted_template: str = "a photo of a {cls}", contrast: float = 0.0, batch_size: int = 64,
                  max_failure_fraction: float = 0.1, max_waves: int = 6, real_neighbours: int = 0,
-                 neighbours_in_budget: bool = True, seed: int = 0):
+                 neighbours_in_budget: bool = True, covered_members: str = "drop", seed: int = 0):
         if images_per_round < 1:
             raise ValueError(f"remedy.images_per_round={images_per_round}: the generation budget must be >= 1 "
                              "(use +augment=none to train without generated images)")
@@ -75,6 +90,8 @@ class Text2ImageRemedy:
         if real_neighbours < 0:
             raise ValueError(f"remedy.real_neighbours={real_neighbours}: the real training images injected per round "
                              "beside the generated ones must be >= 0 (0: none)")
+        if covered_members not in COVERED_REMEDIES:
+            raise ValueError(f"remedy.covered_members={covered_members!r}: use one of {COVERED_REMEDIES}")
         if caption_weighting not in CAPTION_WEIGHTINGS:
             raise ValueError(f"remedy.caption_weighting={caption_weighting!r}: use one of {CAPTION_WEIGHTINGS}")
         if neighbours_in_budget and real_neighbours >= (target_kept or images_per_round):
@@ -90,16 +107,23 @@ class Text2ImageRemedy:
         self.filters = [f for f in (filters or {}).values() if f is not None]
         self.output_dir = Path(output_dir)
         self.images_per_round, self.target_kept = images_per_round, target_kept
-        self.max_generated = max_generated or (math.ceil(max_generated_per_kept * target_kept) if target_kept
-                                               else images_per_round)
+        self.max_generated_cap, self.max_generated_per_kept = max_generated, max_generated_per_kept
+        self.max_generated = self.round_budget(0).max_generated
         self.prompts_per_mode, self.caption_weighting, self.prompt_template = (prompts_per_mode, caption_weighting,
                                                                               prompt_template)
         self.untargeted, self.untargeted_template, self.contrast = untargeted, untargeted_template, contrast
         self._context_counts: ContextCounts | None = None  # read once per run, when contrast images are planned
         self.batch_size, self.max_failure_fraction, self.max_waves, self.seed = (batch_size, max_failure_fraction,
                                                                                  max_waves, seed)
-        self.real_neighbours = real_neighbours
+        self.real_neighbours, self.covered_members = real_neighbours, covered_members
         self.neighbours_taken: list[int] = []  # training indices already injected again by real_neighbours
+
+    def round_budget(self, real: int) -> RoundBudget:
+        """The round's generation budget when `real` of its images are real training images."""
+        target = self.target_kept - real if self.target_kept else None
+        first = max(self.images_per_round - real, 0)
+        cap = self.max_generated_cap or (math.ceil(self.max_generated_per_kept * target) if target else first)
+        return RoundBudget(first, target, cap)
 
     def prepare(self, context: RemedyContext) -> None:
         """Before training: the output folder is writable and the generator loads."""
@@ -107,6 +131,10 @@ class Text2ImageRemedy:
         if self.real_neighbours and context.train() is None:
             raise ValueError(f"remedy.real_neighbours={self.real_neighbours} injects real training images near each "
                              "mode and this datamodule gives none: set remedy.real_neighbours=0")
+        if self.covered_members == "neighbours" and context.train() is None:
+            raise ValueError("remedy.covered_members=neighbours injects real training images near the members "
+                             "loop.trim_covered cut from a mode and this datamodule gives none: set "
+                             "remedy.covered_members=drop")
         if hasattr(self.generator, "pipe"):
             _ = self.generator.pipe
 
@@ -203,11 +231,12 @@ class Text2ImageRemedy:
         return compose
 
     def plan_wave(self, rnd, modes, wave: int, count: int, context: RemedyContext,
-                  contrast: dict[str, float] | None = None) -> list[PlanItem]:
+                  contrast: dict[str, float] | None = None, budget: RoundBudget | None = None) -> list[PlanItem]:
         """Prompts and seeds of one wave for the (verified) modes (disjoint ids and seeds across waves); `contrast`:
         each mode's contrast share in this wave (default: remedy.contrast for all)."""
         round_dir = self.output_dir / f"round_{rnd.index}"
-        modes = self.contrast_view(modes, self.target_kept or self.images_per_round, context, say=wave == 0)
+        budget = budget or self.round_budget(0)
+        modes = self.contrast_view(modes, budget.target_kept or budget.first_wave, context, say=wave == 0)
         items = plan_round(modes, count, rnd.index, self.seed + 7919 * wave, str(round_dir / "images"),
                            self.prompts_per_mode, self.prompt_template, self.untargeted, self.untargeted_template,
                            self.caption_weighting, self.prompt_fn(context, rnd.index, wave),
@@ -217,15 +246,17 @@ class Text2ImageRemedy:
         return [replace(i, id=f"{i.id}-w{wave}", path=str(Path(i.path).with_name(f"{i.id}-w{wave}.png")), wave=wave)
                 for i in items]
 
-    def next_wave(self, rnd, modes, records: list[dict], context: RemedyContext) -> WavePlan:
+    def next_wave(self, rnd, modes, records: list[dict], context: RemedyContext,
+                  budget: RoundBudget | None = None) -> WavePlan:
         """The next wave's size and per-mode contrast shares (size 0: the round is done; waves.plan_next_wave)."""
-        if self.target_kept is None:
+        budget = budget or self.round_budget(0)
+        if budget.target_kept is None:
             return WavePlan(0, {}, 0.0)
         contrast = 0.0 if self.untargeted else self.contrast
-        view = self.contrast_view(modes, self.target_kept, context, say=False)
+        view = self.contrast_view(modes, budget.target_kept, context, say=False)
         has = [bool(confused_classes(m)) for m in view]
-        return plan_next_wave([m.mode_id for m in view], [m.score for m in view], has, records, self.target_kept,
-                              self.max_generated - len(records), contrast, self.batch_size)
+        return plan_next_wave([m.mode_id for m in view], [m.score for m in view], has, records, budget.target_kept,
+                              budget.max_generated - len(records), contrast, self.batch_size)
 
     def usable(self, kept: list[dict]) -> list[dict]:
         """Kept records that can be injected, in order: in every prefix, each mode's contrast images stay within
@@ -281,18 +312,21 @@ class Text2ImageRemedy:
                              self.max_failure_fraction, context.progress and context.is_main)
         total, order, wave = RoundStats(), {}, 0
         self.calibrate_filters(context)
+        covered = self.covered_records(rnd, context)
+        budget = self.round_budget(len(covered))
         modes, probes = self.verified(rnd, context) if context.is_main else (None, [])
         while wave < self.max_waves:
             plan_file = self._plan_file(round_dir, wave)
-            if context.is_main and load_plan(plan_file) is None and modes:  # a resumed round keeps its plans
+            if context.is_main and load_plan(plan_file) is None and modes and budget.first_wave:  # resumed: kept
                 records = [r for r in read_manifest(self.output_dir) if r["round"] == rnd.index]
-                nxt = WavePlan(self.images_per_round, None, 0.0) if wave == 0 else self.next_wave(rnd, modes, records,
-                                                                                                  context)
+                nxt = (WavePlan(budget.first_wave, None, 0.0) if wave == 0
+                       else self.next_wave(rnd, modes, records, context, budget))
                 if nxt.count > 0:
                     if wave:
                         log.info("round %d, wave %d: %d images (expected to add %.0f usable)", rnd.index, wave,
                                  nxt.count, nxt.expected_gain)
-                    save_plan(plan_file, self.plan_wave(rnd, modes, wave, nxt.count, context, nxt.contrast), rnd.modes)
+                    save_plan(plan_file, self.plan_wave(rnd, modes, wave, nxt.count, context, nxt.contrast, budget),
+                              rnd.modes)
             context.barrier("blindspot-plan")
             plan = load_plan(plan_file)
             if plan is None:
@@ -308,9 +342,15 @@ class Text2ImageRemedy:
             wave += 1
         if context.is_main:
             remove_strays(round_dir / "images", {self._item_path(round_dir, i) for i in order})
-        result = self._result(rnd, context, total, order)
+        result = self._result(rnd, context, total, order, budget)
+        if covered:
+            result.records += covered
+            result.stats["injected"] += len(covered)
+            result.stats["covered_neighbours"] = len(covered)
+            for mode_id, n in Counter(r["mode_id"] for r in covered).items():
+                result.stats["per_mode"].setdefault(mode_id, {"generated": 0, "kept": 0})["covered_neighbours"] = n
         if self.real_neighbours:
-            neighbours = self.neighbour_records(rnd, context)
+            neighbours = self.neighbour_records(rnd, context, [(rnd.modes, self.real_neighbours)])
             result.records += neighbours
             result.stats["injected"] += len(neighbours)
             result.stats["real_neighbours"] = len(neighbours)
@@ -319,15 +359,43 @@ class Text2ImageRemedy:
         result.stats["modes_verified"] = context.broadcast(len(modes) if modes is not None else 0)
         return result
 
-    def neighbour_records(self, rnd, context: RemedyContext) -> list[dict]:
-        """The real training images nearest to the round's modes (of each mode's class, none taken before), written
-        once as PNGs on rank 0; every rank gets the same records."""
+    def covered_views(self, modes: list, total: int) -> list[tuple[list, int]]:
+        """Per mode with members loop.trim_covered cut away: a view of it on those members, and how many of the
+        round's `total` images its real neighbours take (its share of the mode's images, as they are of its
+        members); nothing unless remedy.covered_members=neighbours."""
+        if self.covered_members != "neighbours" or not modes:
+            return []
+        out = []
+        for m, share in zip(modes, split_budget([m.score for m in modes], total)):
+            cut = [int(i) for i in m.extra.get("covered_members", [])]
+            count = round(share * len(cut) / (len(cut) + len(m.members))) if cut else 0
+            if count:
+                out.append(([replace(m, members=cut)], count))
+        return out
+
+    def covered_records(self, rnd, context: RemedyContext) -> list[dict]:
+        """The real training images nearest to each mode's covered members (remedy.covered_members=neighbours)."""
+        if self.covered_members != "neighbours" or self.untargeted:
+            return []
+        total = self.target_kept or self.images_per_round
+        views = self.covered_views(rnd.modes, total) if context.is_main else None
+        if not context.broadcast(bool(views)):
+            return []
+        return self.neighbour_records(rnd, context, views, "covered_neighbours", "covered_neighbour")
+
+    def neighbour_records(self, rnd, context: RemedyContext, requests: list[tuple[list, int]] | None,
+                          folder_name: str = "real_neighbours", source: str = "real_neighbour") -> list[dict]:
+        """The real training images nearest to the members of each request's modes (of each mode's class, at most
+        the request's count, none taken before), written once as PNGs on rank 0; every rank gets the same records.
+        `requests` is read on rank 0 only."""
         records = None
         if context.is_main:
             split, labels = context.train()
-            picks = select_for_modes(rnd.modes, context.val_embeddings, context.embed(split), labels,
-                                     self.real_neighbours, self.neighbours_taken)
-            folder = self.output_dir / f"round_{rnd.index}" / "real_neighbours"
+            train_emb, picks = context.embed(split), []
+            for modes, count in requests:
+                picks += select_for_modes(modes, context.val_embeddings, train_emb, labels, count,
+                                          self.neighbours_taken + [p.pool_index for p in picks])
+            folder = self.output_dir / f"round_{rnd.index}" / folder_name
             folder.mkdir(parents=True, exist_ok=True)
             records = []
             for start in range(0, len(picks), self.batch_size):
@@ -336,11 +404,11 @@ class Text2ImageRemedy:
                     path = folder / f"train_{p.pool_index:07d}.png"
                     if not path.is_file():  # a resumed round finds the same picks already written
                         save_png(image, path)
-                    records.append({"path": str(path), "label": p.label, "source": "real_neighbour",
+                    records.append({"path": str(path), "label": p.label, "source": source,
                                     "round": rnd.index, "mode_id": p.mode_id, "train_index": p.pool_index,
                                     "similarity": p.similarity})
-            log.info("round %d: %d real training images near its modes injected again (remedy.real_neighbours)",
-                     rnd.index, len(records))
+            log.info("round %d: %d real training images near its modes injected again (%s)", rnd.index,
+                     len(records), "remedy.covered_members" if source == "covered_neighbour" else "remedy.real_neighbours")
         records = context.broadcast(records)
         context.barrier("blindspot-neighbours")  # files are written before any rank reads them
         self.neighbours_taken += [r["train_index"] for r in records]
@@ -383,12 +451,14 @@ class Text2ImageRemedy:
             total.seconds_generate += s["seconds_generate"] / context.world_size  # mean over ranks
             total.seconds_filter += s["seconds_filter"] / context.world_size
 
-    def _result(self, rnd, context: RemedyContext, total: RoundStats, order: dict) -> RemedyResult:
+    def _result(self, rnd, context: RemedyContext, total: RoundStats, order: dict,
+                budget: RoundBudget | None = None) -> RemedyResult:
         records = [r for r in read_manifest(self.output_dir) if r["round"] == rnd.index and r["id"] in order]
         records.sort(key=lambda r: order[r["id"]])
         kept = [r for r in records if r["kept"]]
         usable = self.usable(kept)
-        injected = usable[: self.target_kept] if self.target_kept else usable  # a prefix keeps the contrast share
+        budget = budget or self.round_budget(0)
+        injected = usable[: budget.target_kept] if budget.target_kept else usable  # a prefix keeps the contrast share
         rejected: dict[str, int] = {}
         for r in records:  # counts come from the manifest: right even when the round was resumed
             if not r["kept"]:
@@ -410,9 +480,9 @@ class Text2ImageRemedy:
                  "contrast_over_share": len(kept) - len(usable)}
         if not rnd.modes:
             log.info("round %d found no failure modes: nothing to generate", rnd.index)
-        elif self.target_kept and len(usable) < self.target_kept:
-            log.warning("round %d kept %d images, short of remedy.target_kept=%d after %d generated "
-                        "(remedy.max_generated=%d)", rnd.index, len(usable), self.target_kept, len(records),
-                        self.max_generated)
+        elif budget.target_kept and len(usable) < budget.target_kept:
+            log.warning("round %d kept %d images, short of its %d to generate (remedy.target_kept) after %d "
+                        "generated (remedy.max_generated=%d)", rnd.index, len(usable), budget.target_kept,
+                        len(records), budget.max_generated)
         return RemedyResult(records=injected, stats=stats,
                             seconds={"generate": total.seconds_generate, "filter": total.seconds_filter})
