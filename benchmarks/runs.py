@@ -3,7 +3,8 @@
 A run folder keeps Hydra's `.hydra/config.yaml`. Before a sweep reuses a finished (or half-finished) run, the
 same overrides are composed again from today's `conf/`; if a default the run uses changed since (a generator
 default does not touch ERM runs), the old folder is moved aside (kept, never deleted) and the run starts afresh, so
-a table never mixes old and new settings. While a run runs, its folder is locked (`claimed`): two sweeps started
+a table never mixes old and new settings. A knob conf/ spelled out later at the value the code always had
+(`SPELLED_OUT`) is read into a saved config that lacks it: writing a default down changes no run. While a run runs, its folder is locked (`claimed`): two sweeps started
 on the same folders do not write into one run.
 """
 
@@ -26,6 +27,10 @@ RUN_KEYS = ("resume",)  # how a run was started (a resume of its own folder), no
 # config groups train.py never reads itself: a run uses one only if another part of its config interpolates it
 # (`${generator}` in a generating remedy), so ERM does not go stale when the generator's defaults change
 REFERENCED_ONLY = ("vocabulary", "proposer", "clip", "generator", "editor")
+# knobs conf/ spelled out after runs were saved, at the value the code had used all along: a saved config without
+# one (where today's has it) is read as having that value
+SPELLED_OUT = {"remedy.covered_members": "drop", "remedy.prompts.members_fraction": 0.5,
+               "remedy.prompts.smoothing": 0.0, "remedy.prompts.vary": None, "remedy.prompts.order": None}
 _HYDRA = threading.Lock()  # Hydra's compose API is one global state: sweeps compose from several threads
 
 
@@ -80,11 +85,28 @@ def settings(cfg) -> str:
 
 
 def is_current(out: Path, args: list[str]) -> bool:
-    """True unless `out` holds a run whose saved config differs from what `args` compose to today."""
+    """True unless `out` holds a run whose saved config differs from what `args` compose to today (key order aside;
+    `SPELLED_OUT` knobs it lacks read at their old value)."""
     saved = out / ".hydra" / "config.yaml"
     if not saved.is_file():
         return True
-    return settings(OmegaConf.load(saved)) == composed_config(tuple(args))
+    today = OmegaConf.to_container(OmegaConf.create(composed_config(tuple(args))))
+    then = OmegaConf.to_container(OmegaConf.create(settings(OmegaConf.load(saved))))
+    fill_spelled_out(then, today)
+    return then == today
+
+
+def fill_spelled_out(then: dict, today: dict, path: str = "") -> None:
+    """Give `then` each SPELLED_OUT knob it lacks where `today` has it (at any depth: `loop.remedy.covered_members`
+    as well as `remedy.covered_members`), at the value the code had; in place."""
+    for key, value in today.items():
+        here = f"{path}.{key}" if path else str(key)
+        if isinstance(value, dict) and isinstance(then.get(key), dict):
+            fill_spelled_out(then[key], value, here)
+        elif key not in then:
+            old = [v for k, v in SPELLED_OUT.items() if here == k or here.endswith("." + k)]
+            if old:
+                then[key] = old[0]
 
 
 def finished_report(out: Path) -> dict | None:

@@ -11,7 +11,7 @@ Lightning-free: the reporting callback gathers the facts into a dict, this modul
             probes[{mode_id, caption, n, error, ci_low, ci_high, kept}],
             modes[FailureMode.to_dict() + thumbnail, generated_thumbnail, rejected_thumbnail (relative paths),
                   acc_before, acc_after, group_acc_before, group_acc_after, majority_group,
-                  images_planned, images_kept, images_contrast, test_slice{n, acc_before, acc_after, ci_before, ci_after}]}]
+                  images_planned, images_kept, images_contrast, images_real, test_slice{n, acc_before, acc_after, ci_before, ci_after}]}]
     mode_accuracy{mode_id: [{epoch, acc}]}, breakdown{stage: s}, timeline[{epoch, val_acc, val_worst_group_acc}]
 
 Epochs and rounds are 0-based in the dict (Lightning's current_epoch, the round index) and shown 1-based.
@@ -711,8 +711,10 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
             row.append(MISSING if group is None else
                        f"{_text(group)}: {fmt_change(m.get('group_acc_before'), m.get('group_acc_after'))}")
         if with_images:
-            contrast = f" ({_int(m['images_contrast'])} contrast)" if m.get("images_contrast") else ""
-            row.append(f"{_int(m.get('images_kept'))}{contrast} / {_int(m.get('images_planned'))}")
+            parts = [f"{_int(m[k])} {name}" for k, name in (("images_contrast", "contrast"), ("images_real", "real"))
+                     if m.get(k)]
+            detail = f" ({', '.join(parts)})" if parts else ""
+            row.append(f"{_int(m.get('images_kept'))}{detail} / {_int(m.get('images_planned'))}")
         if with_coverage:
             extra = _dict(m.get("extra"))
             cover, slice_score = _num(extra.get("train_coverage")), _num(extra.get("slice_score"))

@@ -259,6 +259,7 @@ class FailureReport(Callback):
             out["rejected_thumbnail"] = f"thumbs/{rejected.name}"
         out["images_kept"] = len(injected)
         out["images_contrast"] = sum(r.get("role") == "contrast" for r in injected)
+        out["images_real"] = sum(str(r.get("source", "")).endswith("neighbour") for r in injected)  # real training
         if "generated" in made:
             out["images_planned"] = made["generated"]
         return out

@@ -341,6 +341,14 @@ def test_a_mode_cut_to_its_uncovered_members_says_how_many_it_had():
     assert "| 2 (of 29: the uncovered part) |" in md and "| 1 |" in md
 
 
+def test_a_modes_injected_images_say_how_many_are_contrast_and_how_many_real():
+    mode = {**_mode("r0-cross-0", "a yellow cross", 0.5, [1]), "images_kept": 90, "images_contrast": 30,
+            "images_real": 40, "images_planned": 70}
+    plain = {**_mode("r0-star-0", "a star", 0.5, [3]), "images_kept": 96, "images_planned": 126}
+    md = render_markdown({"rounds": [{"epoch": 4, "modes": [mode, plain]}]})
+    assert "| 90 (30 contrast, 40 real) / 70 |" in md and "| 96 / 126 |" in md
+
+
 def test_a_failing_chart_is_skipped_not_fatal(tmp_path, monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise RuntimeError("no fonts")

@@ -1,7 +1,7 @@
 """Benchmark runs are reused only while their saved settings are what today's conf/ composes."""
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from benchmarks.runs import RunInUseError, claimed, compose_train, composed_config, is_current, retire
 
@@ -41,6 +41,23 @@ def test_a_group_the_run_does_not_use_cannot_make_it_stale(tmp_path):
     assert is_current(erm, ARGS)
     generating = [a.replace("+augment=none", "+augment=failure_diffusion") for a in ARGS]
     assert not is_current(_saved_run(tmp_path / "fd", generating, edit=generator_changed), generating)
+
+
+def test_a_knob_written_down_later_at_the_codes_value_leaves_older_runs_current(tmp_path):
+    """Runs saved before conf/ spelled out remedy.covered_members (SPELLED_OUT) read it as the code's "drop"."""
+    generating = [a.replace("+augment=none", "+augment=failure_diffusion") for a in ARGS]
+
+    def saved_before(c):
+        for node in (c.remedy, c.remedy.prompts):
+            with open_dict(node):
+                node.pop("covered_members", None)
+                node.pop("members_fraction", None)
+
+    older = _saved_run(tmp_path / "older", generating, edit=saved_before)
+    assert "covered_members" not in (older / ".hydra" / "config.yaml").read_text()
+    assert is_current(older, generating)
+    assert not is_current(older, generating + ["remedy.covered_members=neighbours"])  # not what it ran
+    assert not is_current(older, generating + ["remedy.prompts.members_fraction=0.25"])
 
 
 def test_a_folder_without_a_saved_config_is_not_judged(tmp_path):
