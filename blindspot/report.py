@@ -691,7 +691,7 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
     with_shared = any(_num(_dict(m.get("extra")).get("shared_error_overlap")) is not None for m in modes)
     headers = ["Mode", "Caption (score)", "Support", "Error (class)", "Val acc before → after"]  # ids name the class
     headers += ["Test slice n", "Test slice acc before → after [95% interval]"] * with_slice  # fixed or not, first
-    headers += ["Majority group: acc before → after"] * with_group + ["Images kept / planned"] * with_images
+    headers += ["Majority group: acc before → after"] * with_group + ["Images injected / generated"] * with_images
     headers += ["Training coverage (slice score → rank score)"] * with_coverage
     headers += ["Shared with other classes' errors (removed before captioning)"] * with_shared
     rows = []

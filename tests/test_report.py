@@ -299,7 +299,7 @@ def test_modes_table_shows_test_slice_probes_and_counts(written):
     assert "24 generated, 12 kept, 11 injected" in md and "**Remedy**: text2image" in md
     assert "**Details**: prompts: 3, pool_hit_rate: 0.6667, filter_thresholds: near_duplicate 0.9986" in md
     header = next(line for line in md.splitlines() if line.startswith("| Mode | Caption (score) |"))
-    assert header.index("Test slice acc") < header.index("Majority group") < header.index("Images kept")  # verdict 1st
+    assert header.index("Test slice acc") < header.index("Majority group") < header.index("Images injected")  # verdict 1st
     long_caption = _mode("r0-star-0", "a photo of a star on grass", 0.6, [1])
     html = render_html({"rounds": [{"epoch": 4, "modes": [long_caption]}]})
     assert '<td>r0-star-0</td><td class="long">a photo of a star on grass (0.600)</td>' in html  # captions kept wide
