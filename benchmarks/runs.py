@@ -4,8 +4,8 @@ A run folder keeps Hydra's `.hydra/config.yaml`. Before a sweep reuses a finishe
 same overrides are composed again from today's `conf/`; if a default the run uses changed since (a generator
 default does not touch ERM runs), the old folder is moved aside (kept, never deleted) and the run starts afresh, so
 a table never mixes old and new settings. A knob conf/ spelled out later at the value the code always had
-(`SPELLED_OUT`) is read into a saved config that lacks it: writing a default down changes no run. While a run runs, its folder is locked (`claimed`): two sweeps started
-on the same folders do not write into one run.
+(`SPELLED_OUT`) is read into a saved config that lacks it: writing a default down changes no run. While a run runs,
+its folder is locked (`claimed`): two sweeps started on the same folders do not write into one run.
 """
 
 from __future__ import annotations

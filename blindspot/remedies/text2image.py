@@ -230,12 +230,11 @@ class Text2ImageRemedy:
 
         return compose
 
-    def plan_wave(self, rnd, modes, wave: int, count: int, context: RemedyContext,
-                  contrast: dict[str, float] | None = None, budget: RoundBudget | None = None) -> list[PlanItem]:
+    def plan_wave(self, rnd, modes, wave: int, count: int, context: RemedyContext, budget: RoundBudget,
+                  contrast: dict[str, float] | None = None) -> list[PlanItem]:
         """Prompts and seeds of one wave for the (verified) modes (disjoint ids and seeds across waves); `contrast`:
         each mode's contrast share in this wave (default: remedy.contrast for all)."""
         round_dir = self.output_dir / f"round_{rnd.index}"
-        budget = budget or self.round_budget(0)
         modes = self.contrast_view(modes, budget.target_kept or budget.first_wave, context, say=wave == 0)
         items = plan_round(modes, count, rnd.index, self.seed + 7919 * wave, str(round_dir / "images"),
                            self.prompts_per_mode, self.prompt_template, self.untargeted, self.untargeted_template,
@@ -246,10 +245,8 @@ class Text2ImageRemedy:
         return [replace(i, id=f"{i.id}-w{wave}", path=str(Path(i.path).with_name(f"{i.id}-w{wave}.png")), wave=wave)
                 for i in items]
 
-    def next_wave(self, rnd, modes, records: list[dict], context: RemedyContext,
-                  budget: RoundBudget | None = None) -> WavePlan:
+    def next_wave(self, rnd, modes, records: list[dict], context: RemedyContext, budget: RoundBudget) -> WavePlan:
         """The next wave's size and per-mode contrast shares (size 0: the round is done; waves.plan_next_wave)."""
-        budget = budget or self.round_budget(0)
         if budget.target_kept is None:
             return WavePlan(0, {}, 0.0)
         contrast = 0.0 if self.untargeted else self.contrast
@@ -325,7 +322,7 @@ class Text2ImageRemedy:
                     if wave:
                         log.info("round %d, wave %d: %d images (expected to add %.0f usable)", rnd.index, wave,
                                  nxt.count, nxt.expected_gain)
-                    save_plan(plan_file, self.plan_wave(rnd, modes, wave, nxt.count, context, nxt.contrast, budget),
+                    save_plan(plan_file, self.plan_wave(rnd, modes, wave, nxt.count, context, budget, nxt.contrast),
                               rnd.modes)
             context.barrier("blindspot-plan")
             plan = load_plan(plan_file)
@@ -452,12 +449,11 @@ class Text2ImageRemedy:
             total.seconds_filter += s["seconds_filter"] / context.world_size
 
     def _result(self, rnd, context: RemedyContext, total: RoundStats, order: dict,
-                budget: RoundBudget | None = None) -> RemedyResult:
+                budget: RoundBudget) -> RemedyResult:
         records = [r for r in read_manifest(self.output_dir) if r["round"] == rnd.index and r["id"] in order]
         records.sort(key=lambda r: order[r["id"]])
         kept = [r for r in records if r["kept"]]
         usable = self.usable(kept)
-        budget = budget or self.round_budget(0)
         injected = usable[: budget.target_kept] if budget.target_kept else usable  # a prefix keeps the contrast share
         rejected: dict[str, int] = {}
         for r in records:  # counts come from the manifest: right even when the round was resumed
