@@ -18,11 +18,10 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
+from .common import RESULTS
 
 
 @dataclass

@@ -29,10 +29,9 @@ from pathlib import Path
 import torch
 from lightning import Callback
 
-from .common import table_cell
+from .common import RESULTS, table_cell
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
 METHOD = "failure_diffusion"
 OUT = ROOT / "outputs" / "discovery_worlds"
 CAPTURE_VERSION = 3  # 1: stopped by a shorter max_epochs (another LR schedule than the run's); 2: no train embeddings

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 from pathlib import Path
 
+from .common import RESULTS
 from .suite import _pct, gap_closed
 
-RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def variant_rows(results: dict[str, dict], method: str, fails_below: float) -> tuple[list[dict], dict]:

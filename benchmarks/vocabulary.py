@@ -32,10 +32,9 @@ from omegaconf import OmegaConf, open_dict
 
 from blindspot.runtime import last_checkpoint
 
-from .common import checkpoint_predictions
+from .common import RESULTS, checkpoint_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(os.environ.get("BLINDSPOT_RESULTS", Path(__file__).parent / "results"))
 SCRATCH = ROOT / "outputs" / "benchmarks" / "vocabulary"
 VOCABULARIES = ("world", "general_world")
 WORLD_PHRASE = "a photo of a star on grass"
