@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -18,7 +18,7 @@ import torch
 from .clip import ClipModel
 from .discovery.coverage import median_coverage, member_coverages, uncovered
 from .embedding import embed_dataset
-from .modes import FailureMode
+from .modes import COVERED_SUFFIX, FailureMode
 from .remedies.base import Remedy, RemedyContext, RemedyResult
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ class FailureLoop:
         seconds["discover"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.captioner(modes, self.clip.encode_texts, embeddings, labels, preds)
+        self.caption_covered(modes, embeddings, labels, preds)
         seconds["caption"] = time.perf_counter() - t0
         return modes, seconds
 
@@ -195,6 +196,19 @@ class FailureLoop:
             m.extra.update(trimmed_from=m.support, trimmed_error_rate_from=m.error_rate, covered_members=cut)
             m.members = kept
             m.error_rate = float((preds[kept] != labels[kept]).float().mean())
+
+    def caption_covered(self, modes: list[FailureMode], embeddings: torch.Tensor, labels: torch.Tensor,
+                        preds: torch.Tensor) -> None:
+        """Caption each trimmed mode's cut members on their own (what they share, not the mode's direction), into
+        `extra["covered_captions"]`: the hard group the mode also holds, e.g. 'a photo of a cross on a brick wall'."""
+        parts = {m.mode_id: replace(m, members=list(m.extra["covered_members"]), direction=None, captions=[], extra={},
+                                    mode_id=m.mode_id + COVERED_SUFFIX)
+                 for m in modes if m.extra.get("covered_members")}
+        if parts:
+            self.captioner(list(parts.values()), self.clip.encode_texts, embeddings, labels, preds)
+        for m in modes:
+            if m.mode_id in parts:
+                m.extra["covered_captions"] = [[c, float(s)] for c, s in parts[m.mode_id].captions]
 
     def add_round(self, epoch: int, modes: list[FailureMode], seconds: dict[str, float],
                   preds: torch.Tensor, labels: torch.Tensor) -> Round:

@@ -6,6 +6,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+COVERED_SUFFIX = "-covered"  # a mode's covered part (the members loop.trim_covered cut) as a mode of its own
+
+
+def parent_mode_id(mode_id: str) -> str:
+    """The mode a (possibly covered-part) mode id belongs to: 'r0-star-0-covered' -> 'r0-star-0'."""
+    return mode_id.removesuffix(COVERED_SUFFIX)
+
 
 @dataclass
 class FailureMode:

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from blindspot.groundtruth import majority_group, score_discovery
 from blindspot.images import load_image
 from blindspot.loop import FailureLoop, Split
+from blindspot.modes import parent_mode_id
 from blindspot.metrics import wilson_interval
 from blindspot.report import load_report, summary_lines, write_report
 from blindspot.thumbnails import save_grid
@@ -244,7 +245,8 @@ class FailureReport(Callback):
             save_grid(trainer.datamodule.val_images(mode.members[:n]), member_file)
         if member_file.is_file():
             out["thumbnail"] = f"thumbs/{member_file.name}"
-        injected = [r for r in getattr(trainer.datamodule, "synthetic", []) if r.get("mode_id") == mode.mode_id]
+        injected = [r for r in getattr(trainer.datamodule, "synthetic", [])
+                    if parent_mode_id(str(r.get("mode_id", ""))) == mode.mode_id]  # its covered part's too
         shown = sorted(injected, key=lambda r: r.get("role") == "contrast")[:n]  # the mode's own class first
         target = thumbs / f"{mode.mode_id}-generated.png"
         if shown and not target.is_file():

@@ -147,6 +147,47 @@ def test_trim_covered_cuts_a_mixed_slice_to_the_part_training_never_reaches():
         FailureLoop(discovery, captioner=lambda *a: None, clip=None, trim_covered=1.5)
 
 
+def test_the_loop_captions_the_members_trim_covered_cut_on_their_own():
+    """The cut part of a trimmed mode is captioned from its own members (not the mode's direction) into
+    extra["covered_captions"]; the mode keeps its captions, and an untrimmed mode gets none."""
+    val = torch.nn.functional.normalize(torch.randn(30, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels, preds = torch.zeros(30, dtype=torch.long), torch.ones(30, dtype=torch.long)
+    seen = []
+
+    def captioner(modes, encode_texts, embeddings, labels, preds):  # names what it was given
+        for m in modes:
+            seen.append((m.mode_id, m.direction is None))
+            m.captions = [(f"members {min(m.members)}-{max(m.members)}", 0.5)]
+
+    trimmed = FailureMode(0, "cow", [20, 21], 1.0, 0.5, 2.0, mode_id="cow-0", direction=[1.0] * 8,
+                          extra={"covered_members": [3, 4, 5]})
+    whole = FailureMode(0, "cow", [6, 7], 1.0, 0.5, 1.0, mode_id="cow-1", direction=[1.0] * 8)
+    loop = FailureLoop(lambda *a: [trimmed, whole], captioner, clip=SimpleNamespace(encode_texts=None))
+    modes, _ = loop.discover(val, labels, preds, ["cow", "horse"])
+    assert [m.caption for m in modes] == ["members 20-21", "members 6-7"]
+    assert modes[0].extra["covered_captions"] == [["members 3-5", 0.5]] and "covered_captions" not in modes[1].extra
+    assert seen[-1] == ("cow-0-covered", True)  # captioned by what its members share, not by the mode's direction
+
+
+def test_covered_members_generate_makes_the_cut_part_a_mode_of_its_own_with_its_captions(tmp_path):
+    """remedy.covered_members=generate: a star mode of 2 members with 2 cut away gives half its 8 images to the cut
+    part, prompted by its own caption; the report's per-mode counts fold them into the mode."""
+    trimmed = FailureMode(0, "star", [0, 1], 0.8, 0.2, 0.5, mode_id="star-0", captions=[("a star on grass", 0.5)],
+                          extra={"covered_members": [2, 3], "covered_captions": [["a star on a brick wall", 0.4]]})
+    remedy = Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path), images_per_round=8, batch_size=8,
+                              covered_members="generate")
+    result = remedy(Round(0, 0, [trimmed]), context(progress=False))
+    by_part = {(r["mode_id"], r["prompt"]) for r in result.records}
+    assert by_part == {("star-0", "a star on grass"), ("star-0-covered", "a star on a brick wall")}
+    assert sum(r["mode_id"] == "star-0-covered" for r in result.records) == 4 == len(result.records) // 2
+    assert result.stats["per_mode"]["star-0"]["generated"] == 8 and result.stats["per_mode"]["star-0"]["covered_kept"] == 4
+    untrimmed = Text2ImageRemedy(NoiseBackend(), {}, output_dir=str(tmp_path / "drop"), images_per_round=8,
+                                 batch_size=8, covered_members="drop")(Round(0, 0, [trimmed]), context(progress=False))
+    assert {r["prompt"] for r in untrimmed.records} == {"a star on grass"}
+    with pytest.raises(ValueError, match="remedy.covered_members='loud'"):
+        Text2ImageRemedy(NoiseBackend(), covered_members="loud")
+
+
 def test_target_kept_generates_waves_until_it_keeps_enough_and_injects_exactly_that(tmp_path):
     remedy = Text2ImageRemedy(NoiseBackend(), {"every_third": KeepEveryThird()}, output_dir=str(tmp_path),
                               images_per_round=12, target_kept=10, max_generated=200, batch_size=8)

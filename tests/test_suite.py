@@ -303,7 +303,7 @@ def test_the_repair_config_spells_out_todays_failure_diffusion_defaults():
     assert composed_config(base + spelled_out) == composed_config(base)
     assert composed_config(base + ("data.synthetic_repeat=1",)) != composed_config(base)  # the check can fail
     variants = ("waves", "capped", "probes", "neighbours", "neighbours_extra", "score", "steps14", "untrimmed", "mixed",
-                "covered")
+                "covered", "covered_generate")
     for variant in variants:  # the variants measured against it are not today's defaults
         assert composed_config(base + tuple(load_config(variant).method_overrides.failure_diffusion)) != \
             composed_config(base), variant

@@ -16,7 +16,9 @@ it, and these carry it over to real images of the slice (upsampling, as JTT does
 With `covered_members="neighbours"`, the members loop.trim_covered cut from a mode (the hard-group part of its
 errors: training images of it abound, so more generated ones are not what it lacks) get their share of the mode's
 images as the real training images nearest to them; the rest of the round is generated for the mode's uncovered
-members as before. "drop" (the default) gives the cut members nothing.
+members as before. With "generate", the cut members are a mode of their own for generation (id
+`<mode>-covered`), captioned on their own by the loop (`extra["covered_captions"]`, e.g. 'a cross on a brick wall')
+and given the same share of the mode's images. "drop" (the default) gives the cut members nothing.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ from ..generation.rounds import (GenerationFailedError, PlanItem, RoundRunner, R
 from ..generation.waves import WavePlan, contrast_room, plan_next_wave
 from ..images import load_image, save_png
 from ..loop import Split
+from ..modes import COVERED_SUFFIX, parent_mode_id
 from .base import RemedyContext, RemedyResult, check_writable
 
 log = logging.getLogger(__name__)
 
 CAPTION_WEIGHTINGS = ("score", "uniform")
 CONTEXT_SAMPLE = 4000  # real training images whose contexts remedy.contrast reads (a seeded sample)
-COVERED_REMEDIES = ("drop", "neighbours")
+COVERED_REMEDIES = ("drop", "neighbours", "generate")
 
 
 @dataclass
@@ -235,7 +238,8 @@ class Text2ImageRemedy:
         """Prompts and seeds of one wave for the (verified) modes (disjoint ids and seeds across waves); `contrast`:
         each mode's contrast share in this wave (default: remedy.contrast for all)."""
         round_dir = self.output_dir / f"round_{rnd.index}"
-        modes = self.contrast_view(modes, budget.target_kept or budget.first_wave, context, say=wave == 0)
+        modes = self.contrast_view(self.with_covered_parts(modes), budget.target_kept or budget.first_wave, context,
+                                   say=wave == 0)
         items = plan_round(modes, count, rnd.index, self.seed + 7919 * wave, str(round_dir / "images"),
                            self.prompts_per_mode, self.prompt_template, self.untargeted, self.untargeted_template,
                            self.caption_weighting, self.prompt_fn(context, rnd.index, wave),
@@ -250,7 +254,7 @@ class Text2ImageRemedy:
         if budget.target_kept is None:
             return WavePlan(0, {}, 0.0)
         contrast = 0.0 if self.untargeted else self.contrast
-        view = self.contrast_view(modes, budget.target_kept, context, say=False)
+        view = self.contrast_view(self.with_covered_parts(modes), budget.target_kept, context, say=False)
         has = [bool(confused_classes(m)) for m in view]
         return plan_next_wave([m.mode_id for m in view], [m.score for m in view], has, records, budget.target_kept,
                               budget.max_generated - len(records), contrast, self.batch_size)
@@ -356,6 +360,23 @@ class Text2ImageRemedy:
         result.stats["modes_verified"] = context.broadcast(len(modes) if modes is not None else 0)
         return result
 
+    def with_covered_parts(self, modes: list) -> list:
+        """With remedy.covered_members=generate: each mode the loop trimmed, followed by its cut members as a mode
+        of their own (its covered captions; the mode's score split between the two by member count)."""
+        if self.covered_members != "generate" or self.untargeted:
+            return modes
+        out = []
+        for m in modes:
+            cut, captions = m.extra.get("covered_members") or [], m.extra.get("covered_captions") or []
+            if not cut or not captions:
+                out.append(m)
+                continue
+            share = len(cut) / (len(cut) + len(m.members))
+            out += [replace(m, score=m.score * (1 - share)),
+                    replace(m, members=[int(i) for i in cut], captions=[(c, float(x)) for c, x in captions],
+                            direction=None, mode_id=m.mode_id + COVERED_SUFFIX, score=m.score * share)]
+        return out
+
     def covered_views(self, modes: list, total: int) -> list[tuple[list, int]]:
         """Per mode with members loop.trim_covered cut away: a view of it on those members, and how many of the
         round's `total` images its real neighbours take (its share of the mode's images, as they are of its
@@ -460,11 +481,13 @@ class Text2ImageRemedy:
             if not r["kept"]:
                 rejected[r["rejected_by"]] = rejected.get(r["rejected_by"], 0) + 1
         per_mode: dict[str, dict] = {}
-        for r in records:  # what each mode got, and a few rejected images to look at
-            m = per_mode.setdefault(r["mode_id"], {"generated": 0, "kept": 0, "contrast_kept": 0,
-                                                   "rejected_examples": []})
+        for r in records:  # what each mode got (its covered part's images included), and a few rejected images
+            m = per_mode.setdefault(parent_mode_id(r["mode_id"]), {"generated": 0, "kept": 0, "contrast_kept": 0,
+                                                                   "rejected_examples": []})
             m["generated"] += 1
             m["kept"] += bool(r["kept"])
+            if r["mode_id"].endswith(COVERED_SUFFIX):
+                m["covered_kept"] = m.get("covered_kept", 0) + bool(r["kept"])
             m["contrast_kept"] += bool(r["kept"]) and r.get("role") == "contrast"
             if not r["kept"] and len(m["rejected_examples"]) < 8:
                 m["rejected_examples"].append(r["path"])
