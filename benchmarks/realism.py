@@ -7,8 +7,10 @@ beside its accuracy on the real ones, says how far the generator's rendering of 
 the world oracle's class + attribute reading says whether the image shows what the prompt asked for.
 
     python -m benchmarks.realism --runs <suite --out folder> --guidance 2,2.5,3,4 [--n 96] [--seed 5000]
+    python -m benchmarks.realism --runs <folder> --world default --groups 'cross|brick,star|grass' --stem realism_groups
 
-Writes benchmarks/results/realism.{json,md}.
+Writes benchmarks/results/realism.{json,md} (or <--stem>.*). `--groups` reads any groups of one world (hard groups
+as well as planted slices) instead of the suite's planted slices.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def ceiling_checkpoint(runs: Path, world: str, seed: int) -> Path:
         raise FileNotFoundError(f"no finished ceiling run of {world} (seed {seed}) under {runs}: run "
                                 f"`python -m benchmarks.suite --config core --out {runs}` first")
     return found[-1]
+
+
+def group_slice(group: str) -> dict:
+    """A 'class|value' group as a slice: its class, the attribute kind the value belongs to, and the value."""
+    cls, _, value = group.partition("|")
+    kinds = {"background": BACKGROUNDS, "color": COLORS, "size": SIZES}
+    kind = next((k for k, values in kinds.items() if value in values), None)
+    if cls not in CLASSES or kind is None:
+        raise SystemExit(f"--groups {group!r}: use 'class|value' with a class of {list(CLASSES)} and a background, "
+                         "colour or size")
+    return {"group": group, "class": cls, "attribute": kind, "value": value}
 
 
 def readings(images: torch.Tensor, predict, oracle, codes: dict, head: str) -> dict[str, float]:
@@ -67,6 +80,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=96, help="images per slice and setting")
     p.add_argument("--seed", type=int, default=5000, help="first image seed (and the attribute draws')")
     p.add_argument("--run-seed", type=int, default=0, help="the training seed of the ceiling runs")
+    p.add_argument("--world", default="default", help="with --groups: the world whose ceiling run reads them")
+    p.add_argument("--groups", default=None, help="'class|value' groups to read instead of the planted slices")
+    p.add_argument("--stem", default="realism", help="results file name")
     args = p.parse_args()
     settings = world_generator_settings()
     guidance = [float(g) for g in args.guidance.split(",")]
@@ -76,7 +92,9 @@ def main() -> None:
                                        progress=False) for g in guidance}
     oracle = load_oracle()
     rows = []
-    for world in json.loads(args.suite.read_text())["worlds"]:
+    worlds = ([{"name": args.world, "slices": [group_slice(g) for g in args.groups.split(",")]}] if args.groups
+              else json.loads(args.suite.read_text())["worlds"])
+    for world in worlds:
         if not world["slices"]:
             continue  # a control world: no planted slice, no ceiling run
         predict = checkpoint_classifier(ceiling_checkpoint(args.runs, world["name"], args.run_seed))
@@ -95,7 +113,7 @@ def main() -> None:
                                                       for k in keys] for r in rows]
     table += [["mean", f"{len(rows)} slices"] + [f"{mean[k]['ceiling_acc']:.1%} / {mean[k]['oracle_fidelity']:.1%}"
                                                  for k in keys]]
-    print(f"wrote {write('realism', result, table, quick=False)}")
+    print(f"wrote {write(args.stem, result, table, quick=False)}")
 
 
 if __name__ == "__main__":

@@ -338,3 +338,14 @@ def test_realism_reads_the_ceiling_run_and_draws_the_slice_as_the_renders_do(tmp
     assert (codes["size"] == 0).all() and len(set(codes["background"].tolist())) > 2
     again = render(codes["class"], codes["background"], codes["color"], codes["size"], 3)
     assert torch.equal(again, slice_renders(WorldSpec(), "cross", "size", "small", n=16, seed=3))
+
+
+def test_realism_reads_any_group_of_a_world_as_a_slice():
+    """--groups 'cross|brick': the class, the attribute kind the value belongs to, and the value; a clear stop else."""
+    from benchmarks.realism import group_slice
+
+    assert group_slice("cross|brick") == {"group": "cross|brick", "class": "cross", "attribute": "background",
+                                          "value": "brick"}
+    assert group_slice("star|small")["attribute"] == "size"
+    with pytest.raises(SystemExit, match="--groups 'cow|brick'"):
+        group_slice("cow|brick")
