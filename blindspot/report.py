@@ -261,6 +261,17 @@ def _yes_no(x: Any) -> str:
     return MISSING if x is None else ("yes" if x else "no")
 
 
+def _support(mode: Mapping[str, Any], support: Any) -> str:
+    """A mode's support; when loop.trim_covered cut it, also what it had and what the cut members were captioned."""
+    extra = _dict(mode.get("extra"))
+    trimmed = _num(extra.get("trimmed_from"))
+    if trimmed is None:
+        return _int(support)
+    covered = _list(extra.get("covered_captions"))
+    named = f"; the covered rest: {_text(covered[0][0])}" if covered and _list(covered[0]) else ""
+    return f"{_int(support)} (of {_int(trimmed)}: the uncovered part{named})"
+
+
 def _dict(x: Any) -> Mapping:
     """`x` if it is a mapping, else an empty one (so a malformed section is skipped, not fatal)."""
     return x if isinstance(x, Mapping) else {}
@@ -698,9 +709,7 @@ def _modes_table(modes: list[Mapping[str, Any]]) -> Table:
     for m in modes:
         caption, score = _top_caption(m)
         support = m.get("support", len(_list(m.get("members"))) if "members" in m else None)
-        trimmed = _num(_dict(m.get("extra")).get("trimmed_from"))  # loop.trim_covered: members training covers cut
-        row = [_mode_label(m), caption + (f" ({_score(score)})" if score is not None else ""),
-               _int(support) + (f" (of {_int(trimmed)}: the uncovered part)" if trimmed is not None else ""),
+        row = [_mode_label(m), caption + (f" ({_score(score)})" if score is not None else ""), _support(m, support),
                f"{fmt_pct(m.get('error_rate'))} ({fmt_pct(m.get('class_error_rate'))})",
                fmt_change(m.get("acc_before"), m.get("acc_after"))]
         if with_slice:

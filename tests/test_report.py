@@ -339,6 +339,9 @@ def test_a_mode_cut_to_its_uncovered_members_says_how_many_it_had():
     mode = _mode("r0-circle-0", "a circle on grass", 0.5, [1, 2], extra={"trimmed_from": 29})
     md = render_markdown({"rounds": [{"epoch": 4, "modes": [mode, _mode("r0-star-0", "a star", 0.5, [3])]}]})
     assert "| 2 (of 29: the uncovered part) |" in md and "| 1 |" in md
+    mode["extra"]["covered_captions"] = [["a circle on brick", 0.4], ["a small circle", 0.3]]
+    md = render_markdown({"rounds": [{"epoch": 4, "modes": [mode]}]})
+    assert "| 2 (of 29: the uncovered part; the covered rest: a circle on brick) |" in md
 
 
 def test_a_modes_injected_images_say_how_many_are_contrast_and_how_many_real():
