@@ -200,7 +200,7 @@ class FailureLoop:
     def caption_covered(self, modes: list[FailureMode], embeddings: torch.Tensor, labels: torch.Tensor,
                         preds: torch.Tensor) -> None:
         """Caption each trimmed mode's cut members on their own (what they share, not the mode's direction), into
-        `extra["covered_captions"]`: the hard group the mode also holds, e.g. 'a photo of a cross on a brick wall'."""
+        `extra["covered_captions"]`: what the part training covers shows (e.g. 'a cross in the night sky')."""
         parts = {m.mode_id: replace(m, members=list(m.extra["covered_members"]), direction=None, captions=[], extra={},
                                     mode_id=m.mode_id + COVERED_SUFFIX)
                  for m in modes if m.extra.get("covered_members")}

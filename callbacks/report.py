@@ -19,8 +19,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from blindspot.groundtruth import majority_group, score_discovery
 from blindspot.images import load_image
 from blindspot.loop import FailureLoop, Split
-from blindspot.modes import parent_mode_id
 from blindspot.metrics import wilson_interval
+from blindspot.modes import parent_mode_id
 from blindspot.report import load_report, summary_lines, write_report
 from blindspot.thumbnails import save_grid
 

@@ -17,7 +17,7 @@ With `covered_members="neighbours"`, the members loop.trim_covered cut from a mo
 errors: training images of it abound, so more generated ones are not what it lacks) get their share of the mode's
 images as the real training images nearest to them; the rest of the round is generated for the mode's uncovered
 members as before. With "generate", the cut members are a mode of their own for generation (id
-`<mode>-covered`), captioned on their own by the loop (`extra["covered_captions"]`, e.g. 'a cross on a brick wall')
+`<mode>-covered`), captioned on their own by the loop (`extra["covered_captions"]`, e.g. 'a cross in the night sky')
 and given the same share of the mode's images. "drop" (the default) gives the cut members nothing.
 """
 
