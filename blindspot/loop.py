@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -18,7 +18,7 @@ import torch
 from .clip import ClipModel
 from .discovery.coverage import median_coverage, member_coverages, uncovered
 from .embedding import embed_dataset
-from .modes import COVERED_SUFFIX, FailureMode
+from .modes import FailureMode
 from .remedies.base import Remedy, RemedyContext, RemedyResult
 
 log = logging.getLogger(__name__)
@@ -201,9 +201,7 @@ class FailureLoop:
                         preds: torch.Tensor) -> None:
         """Caption each trimmed mode's cut members on their own (what they share, not the mode's direction), into
         `extra["covered_captions"]`: what the part training covers shows (e.g. 'a cross in the night sky')."""
-        parts = {m.mode_id: replace(m, members=list(m.extra["covered_members"]), direction=None, captions=[], extra={},
-                                    mode_id=m.mode_id + COVERED_SUFFIX)
-                 for m in modes if m.extra.get("covered_members")}
+        parts = {m.mode_id: m.covered_part() for m in modes if m.extra.get("covered_members")}
         if parts:
             self.captioner(list(parts.values()), self.clip.encode_texts, embeddings, labels, preds)
         for m in modes:

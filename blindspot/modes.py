@@ -3,7 +3,7 @@ generation and reporting. JSON-serialisable so reports, W&B tables and checkpoin
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 COVERED_SUFFIX = "-covered"  # a mode's covered part (the members loop.trim_covered cut) as a mode of its own
@@ -41,6 +41,13 @@ class FailureMode:
     def caption(self) -> str:
         """The top-ranked caption (or the bare class name before captioning)."""
         return self.captions[0][0] if self.captions else self.class_name
+
+    def covered_part(self) -> "FailureMode":
+        """The members loop.trim_covered cut from this mode as a mode of their own: id `<id>-covered`, no direction
+        (captions score what its members share), its captions from `extra["covered_captions"]` once captioned."""
+        return replace(self, members=[int(i) for i in self.extra.get("covered_members", [])], direction=None,
+                       captions=[(c, float(s)) for c, s in self.extra.get("covered_captions", [])], extra={},
+                       mode_id=self.mode_id + COVERED_SUFFIX)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (support and caption included for readers)."""

@@ -372,9 +372,7 @@ class Text2ImageRemedy:
                 out.append(m)
                 continue
             share = len(cut) / (len(cut) + len(m.members))
-            out += [replace(m, score=m.score * (1 - share)),
-                    replace(m, members=[int(i) for i in cut], captions=[(c, float(x)) for c, x in captions],
-                            direction=None, mode_id=m.mode_id + COVERED_SUFFIX, score=m.score * share)]
+            out += [replace(m, score=m.score * (1 - share)), replace(m.covered_part(), score=m.score * share)]
         return out
 
     def covered_views(self, modes: list, total: int) -> list[tuple[list, int]]:
